@@ -1,0 +1,55 @@
+"""What the engine needs from a model, independent of any library's hook names.
+
+The engine speaks of *sites*: where a node's output can be read and replaced. Every site tensor is
+laid out ``[batch, pos, ...]``; sites that hold several components (the heads of a layer, the
+neurons of an MLP) keep the component on dim 2, so one boolean mask ``[batch, pos, component]``
+selects nodes at positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Mapping, Optional, Protocol, Tuple
+
+import torch
+
+from ..circuit import ModelShape
+
+
+class BackendError(TypeError):
+    """A model the engine cannot patch (unknown type, or missing a capability it needs)."""
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """``embed`` (the embedding's write), ``head`` (per-head outputs of a layer), ``mlp`` (an MLP's
+    output) or ``neuron`` (an MLP's per-neuron activations, each scaling one output direction)."""
+
+    kind: str
+    layer: int = 0
+
+    @property
+    def has_components(self) -> bool:
+        return self.kind in ("head", "neuron")
+
+
+Patch = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Backend(Protocol):
+    """One adapter per model family; the only place that knows hook names."""
+
+    shape: ModelShape
+    tokenizer: object
+    device: torch.device
+    name: str
+
+    def run(
+        self,
+        tokens: torch.Tensor,
+        patches: Optional[Mapping[Site, Patch]] = None,
+        capture: Iterable[Site] = (),
+    ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
+        """Logits ``[batch, pos, d_vocab]`` of a forward where each patched site's value is replaced
+        by ``patch(value)``, and the (post-patch) values of the captured sites."""
+        ...

@@ -1,0 +1,313 @@
+"""The patching engine: cached clean/corrupt runs and denoise / noise / circuit-only on node circuits.
+
+Semantics (DESIGN.md): *denoise(S)* runs the corrupt run with S carrying clean values;
+*noise(S)* runs the clean prompts with S carrying corrupted values; *circuit-only(C)* runs the
+clean prompts with everything outside C carrying corrupted values while C computes live.
+
+The *corrupted value* of a node comes from the ablation: ``corrupt`` (the corrupt prompts'
+activations, the default), ``mean`` (their mean over the corrupt prompts, per position) or
+``zero``. The *corrupt run* is the run in which every node carries its corrupted value: for
+``corrupt`` that is the unpatched run on the corrupt prompts; for ``mean``/``zero`` it is the clean
+prompts with every head and MLP ablated (the input embedding stays the clean one).
+
+A ``Patcher`` holds one model and one prompt set and answers many questions, running the clean and
+corrupt passes once and keeping only the activations asked for. The module-level functions reuse
+patchers through a small cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+
+from .backends import Site, backend_for
+from .circuit import Circuit, CircuitLike, Node
+from .metrics import Metric, answer_logits, get_metric
+from .prompts import EncodedPairs, PromptPairs
+from .results import PatchResult
+
+ABLATIONS = ("corrupt", "mean", "zero")
+KINDS = ("denoise", "noise", "circuit_only")
+
+
+class PatchingError(ValueError):
+    """A measurement that cannot give a meaningful number (e.g. clean and corrupt do not differ)."""
+
+
+class Patcher:
+    """Patching questions about one model on one prompt set, sharing the clean and corrupt runs."""
+
+    def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt"):
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+        if not isinstance(pairs, PromptPairs):
+            raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+        self.model = model
+        self.backend = backend_for(model)
+        self.shape = self.backend.shape
+        self.prompt_pairs = pairs
+        self.pairs: EncodedPairs = pairs.encode(self.backend.tokenizer, d_vocab=self.shape.d_vocab).to(self.backend.device)
+        self.ablation = ablation
+        self._acts: Dict[str, Dict[Site, torch.Tensor]] = {"clean": {}, "corrupt": {}}
+        self._answer_logits: Dict[str, torch.Tensor] = {}
+        self._baselines: Dict[Metric, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.forward_passes = 0  # unpatched + patched forwards run so far, for tests and benchmarks
+
+    # -- public questions ---------------------------------------------------------------------
+    def denoise(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
+        return self.measure("denoise", circuit, metric=metric)
+
+    def noise(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
+        return self.measure("noise", circuit, metric=metric)
+
+    def circuit_only(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
+        return self.measure("circuit_only", circuit, metric=metric)
+
+    def measure(self, kind: str, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+        metric = get_metric(metric)
+        circuit = Circuit.parse(circuit)
+        nodes = circuit.resolve(self.shape)
+        tokens, plan = self._plan(kind, nodes)  # first: its capture pass also yields the baselines' logits
+        clean, corrupt = self.baselines(metric)
+        patched = self._metric(metric, self._patched_logits(tokens, plan))
+        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name)
+
+    def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-prompt metric on the clean run and the corrupt run (float64, [batch])."""
+        metric = get_metric(metric)
+        if metric not in self._baselines:
+            clean_logits, corrupt_logits = self._run_logits("clean", metric), self._run_logits("corrupt", metric)
+            self._baselines[metric] = (self._metric(metric, clean_logits), self._metric(metric, corrupt_logits))
+        return self._baselines[metric]
+
+    # -- plans: which sites carry which values ------------------------------------------------
+    def _plan(self, kind: str, nodes: Circuit):
+        """Base tokens and the ordered list of (site, mask, source values) a patched run applies."""
+        split = _neuron_layers(nodes)
+        masks = self._masks(nodes, split)
+        if kind == "denoise":
+            if self.ablation == "corrupt":
+                return self.pairs.corrupt, self._sourced(masks, "clean")
+            everything = self._masks(None, split)
+            return self.pairs.clean, self._sourced(everything, "corrupted") + self._sourced(masks, "clean")
+        if kind == "noise":
+            return self.pairs.clean, self._sourced(masks, "corrupted")
+        complement = {site: ~mask for site, mask in self._masks(nodes, split, include_absent=True).items()}
+        complement.pop(Site("embed"), None)  # the input belongs to every node circuit
+        return self.pairs.clean, self._sourced(complement, "corrupted")
+
+    def _masks(self, nodes: Optional[Circuit], split: Iterable[int], include_absent: bool = False) -> Dict[Site, torch.Tensor]:
+        """Boolean masks per site selecting ``nodes`` at their positions (all nodes when ``nodes`` is None).
+
+        MLPs in ``split`` are taken neuron by neuron (a whole-MLP node selects all its neurons).
+        ``include_absent`` adds all-False masks for every head/MLP site, so a complement covers the model.
+        """
+        split = set(split)
+        batch, seq = self.pairs.clean.shape
+        device = self.pairs.clean.device
+        shape = self.shape
+        masks: Dict[Site, torch.Tensor] = {}
+
+        def site_mask(site: Site) -> torch.Tensor:
+            if site not in masks:
+                width = {"head": shape.n_heads, "neuron": shape.d_mlp}.get(site.kind)
+                size = (batch, seq, width) if width else (batch, seq)
+                masks[site] = torch.zeros(size, dtype=torch.bool, device=device)
+            return masks[site]
+
+        if include_absent or nodes is None:
+            for layer in range(shape.n_layers):
+                site_mask(Site("head", layer))
+                if shape.d_mlp:
+                    site_mask(Site("neuron" if layer in split else "mlp", layer))
+        if nodes is None:
+            for mask in masks.values():
+                mask.fill_(True)
+            return masks
+        for node in nodes:
+            where = self._positions(node)
+            if node.kind == "embed":
+                site_mask(Site("embed")).logical_or_(where)
+            elif node.kind == "head":
+                site_mask(Site("head", node.layer))[:, :, node.index].logical_or_(where)
+            elif node.kind == "neuron" or node.layer in split:
+                target = site_mask(Site("neuron", node.layer))
+                if node.kind == "neuron":
+                    target[:, :, node.index].logical_or_(where)
+                else:
+                    target.logical_or_(where[:, :, None])
+            else:
+                site_mask(Site("mlp", node.layer)).logical_or_(where)
+        return masks
+
+    def _positions(self, node: Node) -> torch.Tensor:
+        if node.position is None:
+            return torch.ones(self.pairs.clean.shape, dtype=torch.bool, device=self.pairs.clean.device)
+        return self.pairs.position_mask(node.position, str(node))
+
+    def _sourced(self, masks: Dict[Site, torch.Tensor], source: str) -> List[Tuple[Site, torch.Tensor, torch.Tensor]]:
+        masks = {site: mask for site, mask in sorted(masks.items()) if bool(mask.any())}
+        values = self._activations("clean", masks) if source == "clean" else self._corrupted_values(masks)
+        return [(site, mask, values[site]) for site, mask in masks.items()]
+
+    # -- values -------------------------------------------------------------------------------
+    def _corrupted_values(self, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
+        """What each site's nodes carry when corrupted, by ablation."""
+        if self.ablation == "zero":
+            return {site: torch.zeros_like(act) for site, act in self._activations("clean", sites).items()}
+        corrupt = self._activations("corrupt", sites)
+        if self.ablation == "corrupt":
+            return corrupt
+        return {site: _mean_over_prompts(act, self.pairs) for site, act in corrupt.items()}
+
+    def _activations(self, run: str, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
+        """Sites' values on the unpatched clean or corrupt prompts.
+
+        The first pass of a run keeps every node write the size of the residual stream (embedding,
+        heads, MLPs) and the answer-position logits; neurons, four times larger, are kept only once
+        asked for, which re-runs that pass once.
+        """
+        sites = list(sites)
+        cache = self._acts[run]
+        missing = [site for site in sites if site not in cache]
+        if missing or run not in self._answer_logits:
+            capture = set(cache) | set(missing) | set(self._default_sites())
+            tokens = self.pairs.clean if run == "clean" else self.pairs.corrupt
+            logits, captured = self.backend.run(tokens, capture=sorted(capture))
+            self.forward_passes += 1
+            self._answer_logits[run] = answer_logits(logits, self.pairs)
+            cache.update(captured)
+        return {site: cache[site] for site in sites}
+
+    def _default_sites(self) -> List[Site]:
+        sites = [Site("embed")] + [Site("head", layer) for layer in range(self.shape.n_layers)]
+        if self.shape.d_mlp:
+            sites += [Site("mlp", layer) for layer in range(self.shape.n_layers)]
+        return sites
+
+    # -- runs and metrics ---------------------------------------------------------------------
+    def _run_logits(self, run: str, metric: Metric) -> torch.Tensor:
+        """Logits of the unpatched clean run or of the corrupt run, as much as ``metric`` reads."""
+        if run == "corrupt" and self.ablation != "corrupt":
+            return self._patched_logits(self.pairs.clean, self._sourced(self._masks(None, ()), "corrupted"))
+        if metric.at_answer:
+            return self._answer(run)
+        tokens = self.pairs.clean if run == "clean" else self.pairs.corrupt
+        logits, _ = self.backend.run(tokens)
+        self.forward_passes += 1
+        return logits
+
+    def _answer(self, run: str) -> torch.Tensor:
+        """Answer-position logits of an unpatched run (captured with its activations)."""
+        if run not in self._answer_logits:
+            self._activations(run, ())
+        return self._answer_logits[run]
+
+    def _patched_logits(self, tokens: torch.Tensor, plan) -> torch.Tensor:
+        by_site: Dict[Site, list] = {}
+        for site, mask, values in plan:
+            by_site.setdefault(site, []).append((mask, values))
+        logits, _ = self.backend.run(tokens, patches={site: _patch(steps) for site, steps in by_site.items()})
+        self.forward_passes += 1
+        return logits
+
+    def _metric(self, metric: Metric, logits: torch.Tensor) -> torch.Tensor:
+        reference = self._answer("clean") if metric.needs_clean else None
+        return metric(logits, self.pairs, reference=reference)
+
+
+def _patch(steps):
+    """A hook body replacing masked entries with source values, steps applied in order."""
+
+    def apply(act: torch.Tensor) -> torch.Tensor:
+        for mask, values in steps:
+            act = torch.where(_broadcast(mask, act), values.to(act.dtype), act)
+        return act
+
+    return apply
+
+
+def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(*mask.shape, *([1] * (like.ndim - mask.ndim)))
+
+
+def _mean_over_prompts(act: torch.Tensor, pairs: EncodedPairs) -> torch.Tensor:
+    """Per-position mean over the prompts that are real (not padding) there, for every prompt."""
+    seq = torch.arange(pairs.seq_len, device=act.device)
+    real = (seq[None, :] < pairs.lengths.to(act.device)[:, None]).to(act.dtype)
+    real = real.view(*real.shape, *([1] * (act.ndim - 2)))
+    return ((act * real).sum(0) / real.sum(0).clamp(min=1)).expand_as(act)
+
+
+def _neuron_layers(nodes: Circuit) -> set:
+    return {node.layer for node in nodes if node.kind == "neuron"}
+
+
+def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name) -> PatchResult:
+    m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
+    gap = m_clean - m_corrupt
+    if abs(gap) <= 1e-6 * max(1.0, abs(m_clean), abs(m_corrupt)):
+        raise PatchingError(
+            f"clean and corrupt runs do not differ on {metric.name} (clean {m_clean:.6g}, corrupt {m_corrupt:.6g}): "
+            "no fraction can be measured. Check that the corrupt prompts remove the behaviour, or choose another metric."
+        )
+    per_prompt = (clean - patched) / gap if kind == "noise" else (patched - corrupt) / gap
+    return PatchResult(
+        kind=kind,
+        metric=metric.name,
+        circuit=circuit,
+        clean=m_clean,
+        corrupt=m_corrupt,
+        patched=m_patched,
+        score=float(per_prompt.mean()),
+        per_prompt=tuple(per_prompt.tolist()),
+        n_prompts=len(per_prompt),
+        ablation=ablation,
+        model=model_name,
+        per_prompt_metric=tuple(patched.tolist()),
+    )
+
+
+# -- the functional API: the same questions, patchers reused across calls -----------------------
+_CACHE_SIZE = 8
+_PATCHERS: "OrderedDict[tuple, Patcher]" = OrderedDict()
+
+
+def patcher(model, pairs: PromptPairs, ablation: str = "corrupt") -> Patcher:
+    """The cached ``Patcher`` for (model, pairs, ablation); the least recently used of 8 is dropped.
+
+    Call ``clear_cache()`` after changing a model's weights in place.
+    """
+    key = (id(model), id(pairs), ablation)
+    found = _PATCHERS.get(key)
+    if found is None or found.model is not model or found.prompt_pairs is not pairs:
+        found = Patcher(model, pairs, ablation=ablation)
+        _PATCHERS[key] = found
+        while len(_PATCHERS) > _CACHE_SIZE:
+            _PATCHERS.popitem(last=False)
+    _PATCHERS.move_to_end(key)
+    return found
+
+
+def clear_cache() -> None:
+    """Forget every cached clean/corrupt run."""
+    _PATCHERS.clear()
+
+
+def denoise(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+    """Corrupt run with ``circuit`` carrying clean values; score = recovered fraction (sufficiency)."""
+    return patcher(model, pairs, ablation).denoise(circuit, metric=metric)
+
+
+def noise(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+    """Clean run with ``circuit`` carrying corrupted values; score = damage (necessity)."""
+    return patcher(model, pairs, ablation).noise(circuit, metric=metric)
+
+
+def circuit_only(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+    """Clean run with everything outside ``circuit`` corrupted; score = recovered fraction (faithfulness)."""
+    return patcher(model, pairs, ablation).circuit_only(circuit, metric=metric)

@@ -1,0 +1,345 @@
+"""Prompt pairs: clean and corrupt prompts, their answers and named positions, as padded tokens.
+
+Prompts may be text (tokenized with the model's tokenizer when first used) or token ids. A clean
+prompt and its corrupt partner must tokenize to the same length; different pairs may differ (they
+are right-padded, and each prompt is read at its own last real token unless named otherwise).
+Every error names the prompt index, so a bad line in a prompt file is found at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+
+ANSWER_POSITION = "END"
+
+
+class PromptError(ValueError):
+    """Prompt pairs that cannot be used; the message names the prompt and what to do."""
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Prompt pairs as tensors, ready for the engine.
+
+    ``clean``/``corrupt``: [batch, seq] right-padded token ids; ``lengths``: [batch] real lengths;
+    ``answers``: [batch, k, 2] (correct, incorrect) ids with ``answer_mask`` [batch, k] marking real
+    pairs; ``positions``: name -> [batch] position per prompt (``END`` is the answer position).
+    """
+
+    clean: torch.Tensor
+    corrupt: torch.Tensor
+    lengths: torch.Tensor
+    answers: torch.Tensor
+    answer_mask: torch.Tensor
+    positions: Mapping[str, torch.Tensor]
+
+    @property
+    def n_prompts(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.clean.shape[1]
+
+    @property
+    def answer_positions(self) -> torch.Tensor:
+        return self.positions[ANSWER_POSITION]
+
+    def to(self, device) -> "EncodedPairs":
+        return EncodedPairs(
+            clean=self.clean.to(device),
+            corrupt=self.corrupt.to(device),
+            lengths=self.lengths.to(device),
+            answers=self.answers.to(device),
+            answer_mask=self.answer_mask.to(device),
+            positions={name: pos.to(device) for name, pos in self.positions.items()},
+        )
+
+    def position_mask(self, position, node_text: str = "") -> torch.Tensor:
+        """[batch, seq] bool mask of ``position`` per prompt (negative ints count from each end)."""
+        batch = torch.arange(self.n_prompts, device=self.clean.device)
+        if isinstance(position, str):
+            if position not in self.positions:
+                raise PromptError(
+                    f"{node_text or position!r} names position {position!r}, but the prompt pairs name only "
+                    f"{sorted(self.positions)}; add it with PromptPairs(..., positions={{{position!r}: [...]}})"
+                )
+            where = self.positions[position]
+        else:
+            where = self.lengths + position if position < 0 else torch.full_like(self.lengths, position)
+            bad = ((where < 0) | (where >= self.lengths)).nonzero().flatten().tolist()
+            if bad:
+                i = bad[0]
+                raise PromptError(
+                    f"{node_text or position!r}: position {position} is outside prompt {i}, which has "
+                    f"{int(self.lengths[i])} tokens"
+                )
+        mask = torch.zeros(self.clean.shape, dtype=torch.bool, device=self.clean.device)
+        mask[batch, where] = True
+        return mask
+
+
+Tokens = Union[torch.Tensor, Sequence[Sequence[int]]]
+Prompts = Union[Sequence[str], Tokens]
+
+
+class PromptPairs:
+    """Clean/corrupt prompt pairs with answers, the data every patching claim is measured on.
+
+    ``answers`` holds one entry per prompt: a ``(correct, incorrect)`` pair or a list of such pairs
+    (their logit diffs average), as strings (single tokens) or ids; or a tensor [n, 2] / [n, k, 2].
+    ``positions`` maps names to a position per prompt (an int for all, or a list), usable in
+    circuits as ``L3H0@NAME``; ``END`` (each prompt's answer position) is always defined.
+    Text prompts are tokenized with ``tokenizer`` or, when none is given, the model's own tokenizer
+    when the pairs are first used.
+    """
+
+    def __init__(
+        self,
+        clean: Prompts,
+        corrupt: Prompts,
+        answers: Any,
+        positions: Optional[Mapping[str, Union[int, Sequence[int]]]] = None,
+        *,
+        tokenizer=None,
+    ):
+        self.clean = _as_list(clean, "clean")
+        self.corrupt = _as_list(corrupt, "corrupt")
+        if not self.clean:
+            raise PromptError("the prompt pairs are empty: give at least one clean/corrupt pair")
+        if len(self.clean) != len(self.corrupt):
+            raise PromptError(
+                f"{len(self.clean)} clean prompts but {len(self.corrupt)} corrupt prompts: each clean prompt needs one corrupt partner"
+            )
+        self.answers = _answer_list(answers, len(self.clean))
+        self.positions = dict(positions or {})
+        self.tokenizer = tokenizer
+        self._encoded: dict = {}
+        if tokenizer is not None or not self.needs_tokenizer:
+            self.encode(tokenizer)  # fail now, not in the middle of a test
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def __repr__(self) -> str:
+        return f"PromptPairs({len(self)} pairs)"
+
+    @property
+    def needs_tokenizer(self) -> bool:
+        texts = [*self.clean, *self.corrupt, *(a for pairs in self.answers for pair in pairs for a in pair)]
+        return any(isinstance(item, str) for item in texts)
+
+    # -- files ------------------------------------------------------------------------------
+    @classmethod
+    def from_jsonl(cls, path: Union[str, Path], tokenizer=None) -> "PromptPairs":
+        """One pair per line: ``{"clean": ..., "corrupt": ..., "answers": [[correct, incorrect], ...]}``.
+
+        ``"answers": [correct, incorrect]`` and ``"correct"``/``"incorrect"`` keys work too; a line may
+        carry ``"positions": {"NAME": 3}``. Errors name the file and line.
+        """
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise PromptError(f"cannot read prompt file {str(path)!r}: {error.strerror}") from None
+        clean, corrupt, answers, positions = [], [], [], {}
+        records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
+        for row, (lineno, line) in enumerate(records):
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PromptError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise PromptError(f"{where}: expected an object with 'clean', 'corrupt' and 'answers'")
+            missing = [key for key in ("clean", "corrupt") if key not in record]
+            if "answers" not in record and not {"correct", "incorrect"} <= record.keys():
+                missing.append("answers")
+            if missing:
+                raise PromptError(f"{where}: missing {', '.join(repr(m) for m in missing)}")
+            clean.append(record["clean"])
+            corrupt.append(record["corrupt"])
+            answers.append(record["answers"] if "answers" in record else [record["correct"], record["incorrect"]])
+            for name, value in (record.get("positions") or {}).items():
+                positions.setdefault(name, [None] * len(records))[row] = value
+        for name, values in positions.items():
+            if None in values:
+                lineno = records[values.index(None)][0]
+                raise PromptError(f"{path}:{lineno}: position {name!r} is named on other lines but not on this one")
+        try:
+            return cls(clean, corrupt, answers, positions or None, tokenizer=tokenizer)
+        except PromptError as error:
+            raise PromptError(f"{path}: {error}") from None
+
+    # -- tokens -----------------------------------------------------------------------------
+    def encode(self, tokenizer=None, d_vocab: Optional[int] = None) -> EncodedPairs:
+        """Tokenize (once per tokenizer), check and pad; the engine calls this with the model's tokenizer."""
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        key = (id(tokenizer), d_vocab)
+        if key not in self._encoded:
+            self._encoded[key] = self._encode(tokenizer, d_vocab)
+        return self._encoded[key]
+
+    def _encode(self, tokenizer, d_vocab: Optional[int]) -> EncodedPairs:
+        codec = _Codec(tokenizer) if tokenizer is not None else None
+        clean = [self._tokens(p, codec, i, "clean") for i, p in enumerate(self.clean)]
+        corrupt = [self._tokens(p, codec, i, "corrupt") for i, p in enumerate(self.corrupt)]
+        for i, (c, x) in enumerate(zip(clean, corrupt)):
+            if len(c) != len(x):
+                raise PromptError(
+                    f"prompt {i}: clean and corrupt tokenize to different lengths ({len(c)} vs {len(x)} tokens)\n"
+                    f"  clean:   {_show(c, codec)}\n  corrupt: {_show(x, codec)}\n"
+                    "  patching compares them position by position: reword one so both have the same tokens count"
+                )
+            if not c:
+                raise PromptError(f"prompt {i}: the clean prompt has no tokens")
+        answers = [[tuple(self._answer(a, codec, i) for a in pair) for pair in pairs] for i, pairs in enumerate(self.answers)]
+        lengths = torch.tensor([len(c) for c in clean])
+        seq = int(lengths.max())
+        pad = codec.pad_id if codec is not None else 0
+        width = max(len(pairs) for pairs in answers)
+        answer_ids = torch.zeros(len(clean), width, 2, dtype=torch.long)
+        answer_mask = torch.zeros(len(clean), width, dtype=torch.bool)
+        for i, pairs in enumerate(answers):
+            answer_ids[i, : len(pairs)] = torch.tensor(pairs, dtype=torch.long)
+            answer_mask[i, : len(pairs)] = True
+        if d_vocab is not None:
+            for i, pairs in enumerate(answers):
+                for token in (t for pair in pairs for t in pair):
+                    if not 0 <= token < d_vocab:
+                        raise PromptError(f"prompt {i}: answer token id {token} is outside the model's vocabulary (0-{d_vocab - 1})")
+            for name, prompts in (("clean", clean), ("corrupt", corrupt)):
+                for i, tokens in enumerate(prompts):
+                    bad = [t for t in tokens if not 0 <= t < d_vocab]
+                    if bad:
+                        raise PromptError(f"prompt {i}: {name} token id {bad[0]} is outside the model's vocabulary (0-{d_vocab - 1})")
+        return EncodedPairs(
+            clean=_pad(clean, seq, pad),
+            corrupt=_pad(corrupt, seq, pad),
+            lengths=lengths,
+            answers=answer_ids,
+            answer_mask=answer_mask,
+            positions=self._named_positions(lengths),
+        )
+
+    def _tokens(self, prompt, codec, i: int, which: str) -> list:
+        if isinstance(prompt, str):
+            if codec is None:
+                raise PromptError(f"prompt {i}: {which} prompt is text but no tokenizer is known; pass tokenizer= or a model")
+            return codec.prompt(prompt)
+        return [int(t) for t in prompt]
+
+    def _answer(self, answer, codec, i: int) -> int:
+        if isinstance(answer, str):
+            if codec is None:
+                raise PromptError(f"prompt {i}: answer {answer!r} is text but no tokenizer is known; pass tokenizer= or a model")
+            ids = codec.answer(answer)
+            if len(ids) != 1:
+                raise PromptError(
+                    f"prompt {i}: answer {answer!r} is {len(ids)} tokens {_show(ids, codec)}; answers must be single tokens "
+                    "(for GPT-2 style tokenizers, mind the leading space: ' Mary')"
+                )
+            return ids[0]
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise PromptError(f"prompt {i}: answer {answer!r} must be a single-token string or a token id")
+        return answer
+
+    def _named_positions(self, lengths: torch.Tensor) -> dict:
+        """Each named position as [batch] indices; ``END`` defaults to each prompt's last token."""
+        named = {name: _resolve_position(name, value, lengths) for name, value in self.positions.items()}
+        named.setdefault(ANSWER_POSITION, lengths - 1)
+        return named
+
+
+def _resolve_position(name: str, value, lengths: torch.Tensor) -> torch.Tensor:
+    n = len(lengths)
+    values = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or len(values) != n or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        raise PromptError(f"position {name!r} must be an int or a list of {n} ints (one per prompt), got {value!r}")
+    resolved = [v + int(lengths[i]) if v < 0 else v for i, v in enumerate(values)]
+    for i, v in enumerate(resolved):
+        if not 0 <= v < int(lengths[i]):
+            raise PromptError(f"prompt {i}: position {name!r} = {values[i]} is outside the prompt ({int(lengths[i])} tokens)")
+    return torch.tensor(resolved)
+
+
+class _Codec:
+    """Text to ids the way TransformerLens does it: a BOS in front of prompts, none before answers."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer  # a model carries its tokenizer
+        if not callable(self.tokenizer):
+            raise PromptError(f"{type(tokenizer).__name__} is not a tokenizer; pass a Hugging Face tokenizer or a model that has one")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
+
+    def prompt(self, text: str) -> list:
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
+
+    def answer(self, text: str) -> list:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def show(self, ids) -> list:
+        return self.tokenizer.convert_ids_to_tokens(list(ids))
+
+
+def _show(ids, codec) -> str:
+    return str(codec.show(ids)) if codec is not None else str(list(ids))
+
+
+def _as_list(prompts, which: str) -> list:
+    if isinstance(prompts, str):
+        raise PromptError(f"{which} must be a list of prompts, got a single string {prompts!r}")
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2:
+            raise PromptError(f"{which} tokens must be a [batch, seq] tensor, got shape {tuple(prompts.shape)}")
+        return prompts.tolist()
+    return list(prompts)
+
+
+def _answer_list(answers, n: int) -> list:
+    """Normalize answers to one list of (correct, incorrect) pairs per prompt."""
+    if isinstance(answers, torch.Tensor):
+        if answers.ndim == 2:
+            answers = answers[:, None, :]
+        if answers.ndim != 3 or answers.shape[-1] != 2:
+            raise PromptError(f"answer ids must be a [n, 2] or [n, k, 2] tensor, got shape {tuple(answers.shape)}")
+        answers = answers.tolist()
+    answers = list(answers)
+    if len(answers) != n:
+        raise PromptError(f"{n} prompt pairs but {len(answers)} answers: give one (correct, incorrect) pair (or a list of pairs) per prompt")
+    normalized = []
+    for i, entry in enumerate(answers):
+        if _is_pair(entry):
+            normalized.append([tuple(entry)])
+        elif isinstance(entry, (list, tuple)) and entry and all(_is_pair(p) for p in entry):
+            normalized.append([tuple(p) for p in entry])
+        else:
+            raise PromptError(f"prompt {i}: answers must be a (correct, incorrect) pair or a list of pairs, got {entry!r}")
+    return normalized
+
+
+def _is_pair(entry) -> bool:
+    return (
+        isinstance(entry, (list, tuple))
+        and len(entry) == 2
+        and all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in entry)
+    )
+
+
+def _pad(rows: list, seq: int, pad: int) -> torch.Tensor:
+    out = torch.full((len(rows), seq), pad, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

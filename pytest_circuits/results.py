@@ -1,0 +1,107 @@
+"""Result objects of patching and their stable text forms.
+
+``to_text()`` is one named number per line, in a fixed order and precision, so a snapshot of a
+result reads well in review and a changed checkpoint shows up as a short diff.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from .circuit import Circuit
+
+SCORE_NAMES = {"denoise": "recovered", "noise": "damage", "circuit_only": "recovered"}
+DIRECTIONS = {
+    "denoise": "denoised (corrupt run, circuit carries clean values)",
+    "noise": "noised (clean run, circuit carries corrupted values)",
+    "circuit_only": "kept alone (clean run, everything outside the circuit carries corrupted values)",
+}
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}"
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """One measured claim.
+
+    ``clean``, ``corrupt`` and ``patched`` are the metric's means over prompts; ``score`` is the
+    recovered fraction (denoise, circuit-only) or the damage (noise), never clipped. ``per_prompt``
+    holds each prompt's share of the score: its patch effect divided by the *mean* clean-corrupt
+    gap, so ``mean(per_prompt) == score`` and no prompt divides by its own tiny gap.
+    """
+
+    kind: str
+    metric: str
+    circuit: Circuit
+    clean: float
+    corrupt: float
+    patched: float
+    score: float
+    per_prompt: Tuple[float, ...]
+    n_prompts: int
+    ablation: str = "corrupt"
+    model: Optional[str] = None
+    per_prompt_metric: Tuple[float, ...] = field(default=(), repr=False)
+
+    @property
+    def score_name(self) -> str:
+        return SCORE_NAMES[self.kind]
+
+    @property
+    def spread(self) -> Tuple[float, float, float]:
+        """(min, median, max) of the per-prompt scores."""
+        values = list(self.per_prompt)
+        return min(values), statistics.median(values), max(values)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "score_name": self.score_name,
+            "circuit": str(self.circuit),
+            "metric": self.metric,
+            "ablation": self.ablation,
+            "model": self.model,
+            "n_prompts": self.n_prompts,
+            "clean": self.clean,
+            "corrupt": self.corrupt,
+            "patched": self.patched,
+            "score": self.score,
+            "per_prompt": list(self.per_prompt),
+            "per_prompt_metric": list(self.per_prompt_metric),
+        }
+
+    def to_text(self) -> str:
+        """Stable, line-per-number text for snapshots."""
+        lines = [
+            f"kind: {self.kind}",
+            f"circuit: {self.circuit}",
+            f"metric: {self.metric}",
+            f"ablation: {self.ablation}",
+            f"n_prompts: {self.n_prompts}",
+            f"clean: {_num(self.clean)}",
+            f"corrupt: {_num(self.corrupt)}",
+            f"patched: {_num(self.patched)}",
+            f"{self.score_name}: {_num(self.score)}",
+        ]
+        lines += [f"per_prompt[{i}]: {_num(v)}" for i, v in enumerate(self.per_prompt)]
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> str:
+        """Several readable lines: what was patched, baselines, score, spread."""
+        low, mid, high = self.spread
+        return "\n".join(
+            [
+                f"{self.circuit} {DIRECTIONS[self.kind]}",
+                f"  metric {self.metric}, ablation {self.ablation}, {self.n_prompts} prompts",
+                f"  baselines: clean {_num(self.clean)}, corrupt {_num(self.corrupt)} (gap {_num(self.clean - self.corrupt)}); patched {_num(self.patched)}",
+                f"  {self.score_name} {self.score:.4f}",
+                f"  per prompt: min {low:.4f}, median {mid:.4f}, max {high:.4f}",
+            ]
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={self.score:.4f} over {self.n_prompts} prompts"

@@ -1,0 +1,1 @@
+"""Small models with known circuits, shipped so tests and examples run offline."""
