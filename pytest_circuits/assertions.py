@@ -15,10 +15,10 @@ from .patching import patcher
 from .prompts import PromptPairs
 from .results import PatchResult
 
-CLAIMS = {
-    "denoise": ("sufficient", "recovered"),
-    "noise": ("necessary", "damage"),
-    "circuit_only": ("recovers the behaviour alone", "recovered"),
+FAILURES = {
+    "denoise": "is not sufficient",
+    "noise": "is not necessary",
+    "circuit_only": "does not recover the behaviour alone",
 }
 
 
@@ -32,13 +32,12 @@ def check(result: PatchResult, threshold: float) -> PatchResult:
     """Raise ``AssertionError`` explaining ``result`` unless its score reaches ``threshold``."""
     if result.score >= threshold:
         return result
-    claim, score_name = CLAIMS[result.kind]
     passing = sum(value >= threshold for value in result.per_prompt)
     above_one = "  (above 1: components working against the metric were left out)\n" if result.score > 1 else ""
     raise AssertionError(
-        f"circuit claim failed: {result.circuit} is not {claim} on {result.metric}\n"
+        f"circuit claim failed: {result.circuit} {FAILURES[result.kind]} on {result.metric}\n"
         f"{result.summary()}\n{above_one}"
-        f"  {score_name} {result.score:.4f} < threshold {threshold:g} "
+        f"  {result.score_name} {result.score:.4f} < threshold {threshold:g} "
         f"({passing}/{result.n_prompts} prompts reach it on their own)"
     )
 

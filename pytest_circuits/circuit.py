@@ -257,6 +257,8 @@ class Circuit:
     def load(cls, path: Union[str, Path]) -> "Circuit":
         """Read a circuit from a .toml or .json file; errors name the file and the line."""
         path = Path(path)
+        if path.suffix not in (".json", ".toml"):
+            raise CircuitError(f"cannot load a circuit from {path.name!r}: use a .toml or .json file")
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
@@ -266,13 +268,11 @@ class Circuit:
                 data = json.loads(text)
             except json.JSONDecodeError as error:
                 raise CircuitError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
-        elif path.suffix == ".toml":
+        else:
             import tomllib
 
             try:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as error:
                 raise CircuitError(f"{path}: not valid TOML: {error}") from None
-        else:
-            raise CircuitError(f"cannot load a circuit from {path.name!r}: use a .toml or .json file")
         return cls.from_dict(data, source=str(path))

@@ -31,7 +31,10 @@ SEQ_LEN = 48  # training sequences: <bos> + prefix (<= 8) + segment (4-16 words)
 SEED = 0
 
 MODEL = dict(n_layer=2, n_head=2, n_embd=64, n_inner=128, n_positions=SEQ_LEN)
-STEPS, BATCH, LR, TARGET_ACC = 3000, 64, 3e-3, 0.98
+STEPS, MIN_STEPS, BATCH, LR, TARGET_ACC = 3000, 0, 64, 3e-3, 0.98
+# Group-lasso penalty on each head's OV weights: without it every head joins in (all four layer-0
+# heads become previous-token heads), leaving no heads outside the circuit.
+HEAD_SPARSITY = 3e-3
 
 # Checks on the shipped prompt pairs (``induction.prompt_tokens()`` defaults).
 PROMPTS = dict(n=16, seed=0, segment_len=8, repeat_len=4)
@@ -108,6 +111,18 @@ def accuracy(model, tokens: torch.Tensor, mask: torch.Tensor) -> float:
     return (pred == tokens[:, 1:])[mask[:, :-1]].float().mean().item()
 
 
+def head_norms(model) -> torch.Tensor:
+    """Per-head norm of the OV weights, ``[layer, head]``: the head's ``c_attn`` value columns
+    and its ``c_proj`` rows (GPT-2's ``Conv1D`` stores weights as ``[in, out]``)."""
+    d, n_head = model.config.n_embd, model.config.n_head
+    norms = []
+    for block in model.transformer.h:
+        w_v = block.attn.c_attn.weight[:, 2 * d :].reshape(d, n_head, -1)
+        w_o = block.attn.c_proj.weight.reshape(n_head, -1, d)
+        norms.append((w_v.pow(2).sum((0, 2)) + w_o.pow(2).sum((1, 2))).sqrt())
+    return torch.stack(norms)
+
+
 def train(log=print):
     """Train until ``TARGET_ACC`` on held-out sequences (or ``STEPS``); returns (model, acc, steps)."""
     from transformers import GPT2LMHeadModel
@@ -125,14 +140,15 @@ def train(log=print):
         logits = model(tokens).logits[:, :-1]
         loss = F.cross_entropy(logits[mask[:, :-1]], tokens[:, 1:][mask[:, :-1]])
         opt.zero_grad()
-        loss.backward()
+        (loss + HEAD_SPARSITY * head_norms(model).sum()).backward()
         opt.step()
         sched.step()
         if step % 100 == 0:
             model.eval()
             acc = accuracy(model, *held_out)
-            log(f"step {step:5d}  loss {loss.item():.3f}  held-out acc {acc:.3f}")
-            if acc >= TARGET_ACC:
+            norms = " ".join(f"{x:.1f}" for x in head_norms(model).flatten().tolist())
+            log(f"step {step:5d}  loss {loss.item():.3f}  held-out acc {acc:.3f}  head norms {norms}")
+            if acc >= TARGET_ACC and step >= MIN_STEPS:
                 break
     model.eval()
     return model, acc, step

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from pytest_circuits import (
+    PatchingError,
+    PatchResult,
+    PromptPairs,
+    assert_necessary,
+    assert_recovers,
+    assert_sufficient,
+    patcher,
+)
+
+
+def test_a_holding_claim_returns_the_measured_result(model, pairs):
+    result = assert_sufficient(model, pairs, "L*H* MLP*", 0.99)
+    assert isinstance(result, PatchResult) and result.kind == "denoise"
+    assert result.score == pytest.approx(1.0)
+    assert result.n_prompts == len(pairs) == len(result.per_prompt)
+    assert sum(result.per_prompt) / len(result.per_prompt) == pytest.approx(result.score)
+    assert result.to_dict()["circuit"] == "L*H* MLP*"
+
+
+def test_a_failing_claim_explains_itself(model, pairs):
+    measured = patcher(model, pairs).noise("L0H1")
+    with pytest.raises(AssertionError) as error:
+        assert_necessary(model, pairs, "L0H1", threshold=measured.score + 0.1)
+    message = str(error.value)
+    assert message.startswith("circuit claim failed: L0H1 is not necessary on logit_diff")
+    assert "noised (clean run, circuit carries corrupted values)" in message
+    assert f"baselines: clean {measured.clean:.6g}, corrupt {measured.corrupt:.6g}" in message
+    assert f"damage {measured.score:.4f} < threshold {measured.score + 0.1:g}" in message
+    low, mid, high = measured.spread
+    assert f"per prompt: min {low:.4f}, median {mid:.4f}, max {high:.4f}" in message
+    assert f"/{len(pairs)} prompts reach it on their own" in message
+
+
+def test_recovers_is_circuit_only(model, pairs):
+    result = assert_recovers(model, pairs, "L*H* MLP*", fraction=0.999)
+    assert result.kind == "circuit_only"
+    with pytest.raises(AssertionError, match="circuit claim failed: \\(empty\\) does not recover the behaviour alone"):
+        assert_recovers(model, pairs, "", fraction=0.5)
+
+
+def test_scores_above_one_are_shown_not_clipped(model, pairs):
+    p = patcher(model, pairs)
+    over = next(
+        (r for r in (p.denoise(f"L{l}H{h}") for l in range(2) for h in range(4)) if r.score > 1),
+        None,
+    )
+    if over is None:
+        pytest.skip("this random model has no head recovering over 100%")
+    with pytest.raises(AssertionError, match="above 1: components working against the metric were left out"):
+        assert_sufficient(model, pairs, str(over.circuit), threshold=over.score + 1)
+    assert f"recovered {over.score:.4f}" in over.summary()
+
+
+@pytest.mark.parametrize("bad", ["0.9", None, float("nan"), float("inf"), True])
+def test_thresholds_must_be_finite_numbers(model, pairs, bad):
+    with pytest.raises(TypeError, match="threshold must be a finite number"):
+        assert_sufficient(model, pairs, "L0H1", bad)
+
+
+def test_identical_clean_and_corrupt_is_an_error_not_nan(model):
+    tokens = torch.randint(3, 40, (3, 6), generator=torch.Generator().manual_seed(5))
+    same = PromptPairs(tokens, tokens.clone(), torch.tensor([[3, 4]] * 3))
+    with pytest.raises(PatchingError, match="clean and corrupt runs do not differ on logit_diff"):
+        assert_sufficient(model, same, "L0H1")
