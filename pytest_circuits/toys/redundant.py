@@ -203,3 +203,23 @@ def prompt_tokens(n: int = 8, seed: int = 0):
     corrupt = torch.tensor([[bos, *(tok[w] for w in r)] for _, r in pairs], dtype=torch.long)
     answers = torch.stack([clean[:, 1], corrupt[:, 1]], dim=1)
     return clean, corrupt, answers
+
+
+def prompt_pairs(n: int = 8, seed: int = 0):
+    """The same pairs as ``prompt_tokens``, as text (``"alice said hi to"``) with the toy's tokenizer."""
+    from ..prompts import PromptPairs
+
+    words = _prompt_words(n, seed)
+    return PromptPairs(
+        clean=[" ".join(clean) for clean, _ in words],
+        corrupt=[" ".join(corrupt) for _, corrupt in words],
+        answers=[(clean[0], corrupt[0]) for clean, corrupt in words],
+        tokenizer=tokenizer(),
+    )
+
+
+def circuit():
+    """Every component of the ground-truth circuit, as a ``Circuit``."""
+    from ..circuit import Circuit
+
+    return Circuit.parse([node for nodes in CIRCUIT.values() for node in nodes], name="redundant")
