@@ -9,11 +9,30 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Callable, List, Optional
 
 from .circuit import CircuitLike
 from .patching import patcher
 from .prompts import PromptPairs
-from .results import PatchResult
+from .results import Claim, PatchResult, fixed
+
+_LISTENERS: List[Callable[[Claim], None]] = []
+
+
+def add_claim_listener(listener: Callable[[Claim], None]) -> None:
+    """Call ``listener(claim)`` for every claim judged from now on (the pytest plugin reports them)."""
+    _LISTENERS.append(listener)
+
+
+def remove_claim_listener(listener: Callable[[Claim], None]) -> None:
+    if listener in _LISTENERS:
+        _LISTENERS.remove(listener)
+
+
+def announce(claim: Claim) -> Claim:
+    for listener in list(_LISTENERS):
+        listener(claim)
+    return claim
 
 FAILURES = {
     "denoise": "is not sufficient",
@@ -22,39 +41,40 @@ FAILURES = {
 }
 
 
-def _threshold(value, name: str) -> float:
+def validate_threshold(value, name: str = "threshold") -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise TypeError(f"{name} must be a finite number such as 0.9, got {value!r}")
     return float(value)
 
 
-def check(result: PatchResult, threshold: float) -> PatchResult:
-    """Raise ``AssertionError`` explaining ``result`` unless its score reaches ``threshold``."""
-    if result.score >= threshold:
+def check(result: PatchResult, threshold: Optional[float]) -> PatchResult:
+    """Announce the claim; raise ``AssertionError`` explaining ``result`` unless it reaches ``threshold``."""
+    claim = announce(Claim(result, threshold))
+    if claim.holds is not False:
         return result
     passing = sum(value >= threshold for value in result.per_prompt)
     above_one = "  (above 1: components working against the metric were left out)\n" if result.score > 1 else ""
     raise AssertionError(
         f"circuit claim failed: {result.circuit} {FAILURES[result.kind]} on {result.metric}\n"
-        f"{result.summary()}\n{above_one}"
-        f"  {result.score_name} {result.score:.4f} < threshold {threshold:g} "
+        f"{result.summary(with_score=False)}\n{above_one}"
+        f"  {result.score_name} {fixed(result.score)} < threshold {threshold:g} "
         f"({passing}/{result.n_prompts} prompts reach it on their own)"
     )
 
 
 def assert_sufficient(model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
     """Denoising ``circuit`` recovers at least ``threshold`` of the clean-corrupt gap."""
-    threshold = _threshold(threshold, "threshold")
+    threshold = validate_threshold(threshold)
     return check(patcher(model, pairs, ablation).denoise(circuit, metric=metric), threshold)
 
 
 def assert_necessary(model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.5, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
     """Noising ``circuit`` destroys at least ``threshold`` of the clean-corrupt gap."""
-    threshold = _threshold(threshold, "threshold")
+    threshold = validate_threshold(threshold)
     return check(patcher(model, pairs, ablation).noise(circuit, metric=metric), threshold)
 
 
 def assert_recovers(model, pairs: PromptPairs, circuit: CircuitLike, fraction: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
     """``circuit`` alone, everything else corrupted, recovers at least ``fraction`` of the gap."""
-    fraction = _threshold(fraction, "fraction")
+    fraction = validate_threshold(fraction, "fraction")
     return check(patcher(model, pairs, ablation).circuit_only(circuit, metric=metric), fraction)

@@ -134,3 +134,17 @@ def metric_names() -> list:
 _REGISTRY["logit_diff"] = Metric("logit_diff", _logit_diff, at_answer=True)
 _REGISTRY["prob"] = Metric("prob", _prob, at_answer=True)
 _REGISTRY["kl"] = Metric("kl", _kl, at_answer=True, needs_clean=True, higher_is_better=False)
+
+
+class MetricRegistry:
+    """The registry as an object, handed to ``pytest_circuits_register_metrics(registry)``."""
+
+    register = staticmethod(register_metric)
+    get = staticmethod(get_metric)
+    names = staticmethod(metric_names)
+
+    def __contains__(self, name: str) -> bool:
+        return name in _REGISTRY
+
+
+registry = MetricRegistry()

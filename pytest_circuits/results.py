@@ -24,6 +24,11 @@ def _num(value: float) -> str:
     return f"{value:.6g}"
 
 
+def fixed(value: float, digits: int = 4) -> str:
+    """Fixed-point text without a negative zero."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"
+
+
 @dataclass(frozen=True)
 class PatchResult:
     """One measured claim.
@@ -90,18 +95,34 @@ class PatchResult:
         lines += [f"per_prompt[{i}]: {_num(v)}" for i, v in enumerate(self.per_prompt)]
         return "\n".join(lines) + "\n"
 
-    def summary(self) -> str:
+    def summary(self, with_score: bool = True) -> str:
         """Several readable lines: what was patched, baselines, score, spread."""
         low, mid, high = self.spread
-        return "\n".join(
-            [
-                f"{self.circuit} {DIRECTIONS[self.kind]}",
-                f"  metric {self.metric}, ablation {self.ablation}, {self.n_prompts} prompts",
-                f"  baselines: clean {_num(self.clean)}, corrupt {_num(self.corrupt)} (gap {_num(self.clean - self.corrupt)}); patched {_num(self.patched)}",
-                f"  {self.score_name} {self.score:.4f}",
-                f"  per prompt: min {low:.4f}, median {mid:.4f}, max {high:.4f}",
-            ]
-        )
+        lines = [
+            f"{self.circuit} {DIRECTIONS[self.kind]}",
+            f"  metric {self.metric}, ablation {self.ablation}, {self.n_prompts} prompts",
+            f"  baselines: clean {_num(self.clean)}, corrupt {_num(self.corrupt)} (gap {_num(self.clean - self.corrupt)}); patched {_num(self.patched)}",
+        ]
+        if with_score:
+            lines.append(f"  {self.score_name} {fixed(self.score)}")
+        lines.append(f"  per prompt: min {fixed(low)}, median {fixed(mid)}, max {fixed(high)}")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={self.score:.4f} over {self.n_prompts} prompts"
+        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={fixed(self.score)} over {self.n_prompts} prompts"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A result judged against a threshold (``None``: measured only, no claim made)."""
+
+    result: PatchResult
+    threshold: Optional[float] = None
+
+    @property
+    def holds(self) -> Optional[bool]:
+        return None if self.threshold is None else self.result.score >= self.threshold
+
+    @property
+    def verdict(self) -> str:
+        return {None: "measured", True: "holds", False: "FAILS"}[self.holds]

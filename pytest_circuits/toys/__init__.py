@@ -1,1 +1,7 @@
-"""Small models with known circuits, shipped so tests and examples run offline."""
+"""Small models with known circuits, shipped so tests and examples run offline.
+
+Each toy module has ``load(device=None, dtype=None)``, ``CIRCUIT`` (roles -> node names),
+``circuit()`` and ``prompt_pairs()``; the model spec ``toy:NAME`` loads one.
+"""
+
+NAMES = ("induction", "redundant")

@@ -1,0 +1,262 @@
+"""Model specs: one string names a model, and ``load_model`` turns it into a patchable model.
+
+Specs:
+  ``toy:NAME``                   a toy shipped with pytest-circuits (``toy:induction``)
+  ``package.module:factory``     a callable returning a model (``device``/``dtype`` passed if accepted)
+  ``path/to/folder``             a local Hugging Face folder: config.json + *.safetensors (never unpickled)
+  ``gpt2``, ``org/name@rev``     a hub model booted through TransformerLens; ``@rev`` is a revision
+
+Everything here works without pytest; the plugin adds its own hook in front of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Optional, Union
+from urllib.parse import urlparse
+
+import torch
+
+TOY_PREFIX = "toy:"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+WAYS = (
+    "provide it as toy:NAME, a local folder with config.json and *.safetensors, package.module:factory, "
+    "or implement pytest_circuits_load_model in conftest.py"
+)
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing loadable; the message is one line saying what to do."""
+
+
+def toy_names() -> list:
+    from . import toys
+
+    return list(toys.NAMES)
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    """``auto`` (or None) is CUDA when available, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelSpecError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:1, mps, ...") from None
+
+
+def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in ("", "auto"):
+        return None
+    try:
+        return DTYPES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ModelSpecError(f"unknown dtype {dtype!r}: use one of {', '.join(sorted(set(DTYPES)))}") from None
+
+
+def spec_kind(spec: str) -> str:
+    """``toy``, ``factory``, ``folder`` or ``hub``: what a spec names, judged from its text."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(f"a model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith(TOY_PREFIX):
+        return "toy"
+    if Path(spec).expanduser().is_dir() or spec.startswith((".", "/", "~")):
+        return "folder"
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        return "factory"
+    return "hub"
+
+
+def spec_label(spec: str) -> str:
+    """A short readable name for test ids and tables (a folder's name, not its whole path)."""
+    return Path(spec).name if spec_kind(spec) == "folder" else spec
+
+
+def check_spec(spec: str) -> None:
+    """Cheap checks that need no loading: the toy exists, the folder has weights, the factory imports."""
+    kind = spec_kind(spec)
+    if kind == "toy":
+        _toy_module(spec)
+    elif kind == "folder":
+        _folder_files(Path(spec).expanduser())
+    elif kind == "factory":
+        import_factory(spec)
+
+
+def load_model(spec: str, device: Optional[str] = "auto", dtype=None):
+    """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    kind = spec_kind(spec)
+    if kind == "toy":
+        model = _toy_module(spec).load(device=device, dtype=dtype)
+    elif kind == "factory":
+        model = _call_factory(import_factory(spec), device, dtype)
+    elif kind == "folder":
+        model = load_folder(Path(spec).expanduser(), device, dtype)
+    else:
+        model = load_hub(spec, device, dtype)
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+def _toy_module(spec: str):
+    from . import toys
+
+    name = spec[len(TOY_PREFIX) :]
+    if name not in toys.NAMES:
+        raise ModelSpecError(f"unknown toy {name!r} in model spec {spec!r}; shipped toys: {', '.join(toys.NAMES)}")
+    return importlib.import_module(f"{toys.__name__}.{name}")
+
+
+def import_factory(spec: str, what: str = "model spec"):
+    """The callable named by ``package.module:name``; errors say what was looked for."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ModelSpecError(f"{what} {spec!r}: cannot import module {module_name!r} ({error})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelSpecError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _call_factory(factory, device, dtype):
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    kwargs = {name: value for name, value in (("device", device), ("dtype", dtype)) if name in accepted}
+    model = factory(**kwargs)
+    if "device" not in kwargs and hasattr(model, "to"):
+        model = model.to(device)
+    return model
+
+
+def _folder_files(folder: Path) -> list:
+    if not folder.is_dir():
+        raise ModelSpecError(f"model folder {str(folder)!r} does not exist; {WAYS}")
+    if not (folder / "config.json").is_file():
+        raise ModelSpecError(f"model folder {str(folder)!r} has no config.json; save it with model.save_pretrained(folder)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        extra = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        raise ModelSpecError(f"model folder {str(folder)!r} has no *.safetensors weights{extra}")
+    return weights
+
+
+def load_folder(folder: Path, device: torch.device, dtype):
+    """A local Hugging Face folder, loaded offline from safetensors and wrapped as a bridge."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _folder_files(folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder, local_files_only=True, use_safetensors=True, **({"dtype": dtype} if dtype else {})
+    )
+    tokenizer = None
+    if any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return bridge_from_hf(hf_model.to(device), tokenizer, model_name=str(folder))
+
+
+def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
+    """Wrap a loaded Hugging Face causal LM as a TransformerLens bridge, leaving global RNG alone."""
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    hf_model.eval()
+    with torch.random.fork_rng(devices=[]):
+        model = build_bridge_from_module(
+            hf_model,
+            type(hf_model).__name__,
+            hf_config=hf_model.config,
+            tokenizer=tokenizer,
+            model_name=model_name,
+        )
+    return model.eval()
+
+
+def load_hub(spec: str, device: torch.device, dtype):
+    """A hub model through TransformerLens: the local cache first, the hub only when reachable."""
+    name, _, revision = spec.partition("@")
+    revision = revision or None
+    from transformer_lens.model_bridge import TransformerBridge
+
+    def boot():
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
+
+    if _cached(name, revision):
+        with _offline():
+            try:
+                return boot()
+            except OSError:
+                pass  # an incomplete cache entry: try the hub below
+    if not _hub_reachable():
+        raise ModelSpecError(f"cannot load model {spec!r}: it is not in the local Hugging Face cache and the hub is unreachable; {WAYS}")
+    try:
+        return boot()
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelSpecError(f"cannot load model {spec!r}: {first}; {WAYS}") from None
+
+
+def _cached(name: str, revision: Optional[str]) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # an invalid repo id, or no hub client: not cached
+        return False
+    return isinstance(found, str)
+
+
+class _offline:
+    """Run with the Hugging Face libraries in offline mode, restoring the environment after."""
+
+    KEYS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+    def __enter__(self):
+        self.saved = {key: os.environ.get(key) for key in self.KEYS}
+        os.environ.update({key: "1" for key in self.KEYS})
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds instead of retrying for minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:
+        endpoint = urlparse("https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,101 @@
+"""Claims measured in a session: rows, the terminal table, and the JSON report.
+
+The JSON is written to a temporary file and renamed into place, so an interrupted run never leaves
+a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+from .results import Claim, fixed
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    test: str
+    checkpoint: Optional[str]
+    model: Optional[str]
+    kind: str
+    circuit: str
+    metric: str
+    ablation: str
+    score_name: str
+    score: float
+    threshold: Optional[float]
+    verdict: str
+    clean: float
+    corrupt: float
+    patched: float
+    n_prompts: int
+
+    @classmethod
+    def of(cls, claim: Claim, test: str, checkpoint: Optional[str], model: Optional[str]) -> "ClaimRow":
+        result = claim.result
+        return cls(
+            test=test,
+            checkpoint=checkpoint,
+            model=model,
+            kind=result.kind,
+            circuit=str(result.circuit),
+            metric=result.metric,
+            ablation=result.ablation,
+            score_name=result.score_name,
+            score=result.score,
+            threshold=claim.threshold,
+            verdict=claim.verdict,
+            clean=result.clean,
+            corrupt=result.corrupt,
+            patched=result.patched,
+            n_prompts=result.n_prompts,
+        )
+
+
+COLUMNS = ("test", "checkpoint", "kind", "circuit", "metric", "score", "threshold", "verdict")
+
+
+def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 48) -> List[str]:
+    """Aligned text lines: a header and one line per claim."""
+    cells = []
+    for row in rows:
+        circuit = row.circuit if len(row.circuit) <= circuit_width else row.circuit[: circuit_width - 1] + "…"
+        test = row.test if len(row.test) <= test_width else "…" + row.test[-(test_width - 1) :]
+        flag = "  (>1: negative components left out?)" if row.score > 1 and row.kind != "noise" else ""
+        cells.append(
+            (
+                test,
+                row.checkpoint or "-",
+                row.kind,
+                circuit,
+                row.metric,
+                fixed(row.score),
+                "-" if row.threshold is None else f"{row.threshold:g}",
+                row.verdict + flag,
+            )
+        )
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(COLUMNS)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return [line(COLUMNS)] + [line(c) for c in cells]
+
+
+def write_json(path: Path, rows: Iterable[ClaimRow], meta: dict) -> Path:
+    """Write ``{"meta": ..., "claims": [...]}`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "claims": [asdict(row) for row in rows]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

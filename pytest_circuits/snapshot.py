@@ -1,0 +1,135 @@
+"""A syrupy extension for patching results: readable text files, numbers compared with tolerance.
+
+Each snapshot is a ``.txt`` file with one ``name: value`` per line (``PatchResult.to_text``).
+Numbers match when ``|new - old| <= atol + rtol * |old|``; anything else must match exactly. A
+mismatch lists every number that moved beyond tolerance as ``old → new``. Values inside tolerance
+pass and are not rewritten, even under ``--snapshot-update``; syrupy never writes on a failed
+comparison unless asked to update.
+
+Snapshots are keyed by test name *without* the checkpoint parameter, so the same claim run on a
+new checkpoint is compared against the snapshot recorded for the old one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterator, Optional, Tuple
+
+from syrupy.assertion import SnapshotAssertion
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-6
+_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?(?:inf|nan)$")
+
+
+def to_snapshot_text(data) -> str:
+    """The text stored for ``data``: a result's ``to_text()``, or ``name: value`` lines of a dict."""
+    if hasattr(data, "to_text"):
+        return data.to_text()
+    if isinstance(data, dict):
+        return "".join(f"{key}: {_format(value)}\n" for key, value in data.items())
+    if isinstance(data, (list, tuple)):
+        return "".join(to_snapshot_text(item) + "---\n" for item in data)
+    raise TypeError(
+        f"circuit_snapshot stores patching results (or dicts of numbers), not {type(data).__name__}; use syrupy's snapshot for other data"
+    )
+
+
+def _format(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def parse_lines(text: str) -> list:
+    """``[(name, value-text)]`` per line; lines without ``: `` keep the whole line as the name."""
+    entries = []
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        entries.append((name, value) if sep else (line, None))
+    return entries
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    if text is None or not _NUMBER.match(text.strip()):
+        return None
+    return float(text)
+
+
+def compare(old_text: str, new_text: str, rtol: float, atol: float) -> Tuple[bool, list]:
+    """Whether ``new_text`` matches ``old_text`` within tolerance, and the lines explaining each change."""
+    old, new = parse_lines(old_text), parse_lines(new_text)
+    changes = []
+    old_names = [name for name, _ in old]
+    new_names = [name for name, _ in new]
+    if old_names != new_names:
+        for name in [n for n in old_names if n not in new_names]:
+            changes.append(f"{name}: removed")
+        for name in [n for n in new_names if n not in old_names]:
+            changes.append(f"{name}: added")
+        if not changes:
+            changes.append("the lines are in a different order")
+        return False, changes
+    for (name, old_value), (_, new_value) in zip(old, new):
+        a, b = _number(old_value), _number(new_value)
+        if a is not None and b is not None:
+            same = (math.isnan(a) and math.isnan(b)) or a == b or abs(b - a) <= atol + rtol * abs(a)
+            if not same:
+                changes.append(f"{name}: {old_value} → {new_value} (moved {b - a:+.4g}, tolerance {atol + rtol * abs(a):.2g})")
+        elif old_value != new_value:
+            changes.append(f"{name}: {old_value} → {new_value}")
+    return not changes, changes
+
+
+class CircuitSnapshotExtension(SingleFileSnapshotExtension):
+    """Text snapshots of results with numeric tolerance; subclassed per test with its settings."""
+
+    file_extension = "txt"
+    _write_mode = WriteMode.TEXT
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    base_name: Optional[str] = None  # the test's name without its checkpoint parameter
+
+    def serialize(self, data, **kwargs) -> str:
+        return to_snapshot_text(data)
+
+    @classmethod
+    def get_snapshot_name(cls, *, test_location, index=0) -> str:
+        if cls.base_name is None:
+            return super().get_snapshot_name(test_location=test_location, index=index)
+        suffix = f"[{index}]" if isinstance(index, str) else (f".{index}" if index else "")
+        return re.sub(r"[^\w.\-\[\]]+", "_", f"{cls.base_name}{suffix}")
+
+    def matches(self, *, serialized_data, snapshot_data) -> bool:
+        return compare(str(snapshot_data), str(serialized_data), self.rtol, self.atol)[0]
+
+    def diff_lines(self, serialized_data, snapshot_data) -> Iterator[str]:
+        if not snapshot_data:
+            yield from str(serialized_data).splitlines()
+            return
+        _, changes = compare(str(snapshot_data), str(serialized_data), self.rtol, self.atol)
+        yield f"numbers that moved beyond rtol={self.rtol:g}, atol={self.atol:g} (snapshot → now):"
+        yield from (f"  {line}" for line in changes)
+
+
+def extension_class(rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, base_name: Optional[str] = None):
+    """A ``CircuitSnapshotExtension`` subclass carrying these settings (syrupy takes classes)."""
+    return type(
+        "CircuitSnapshotExtension",
+        (CircuitSnapshotExtension,),
+        {"rtol": float(rtol), "atol": float(atol), "base_name": base_name},
+    )
+
+
+class CircuitSnapshotAssertion(SnapshotAssertion):
+    """syrupy's ``snapshot`` with this project's extension; ``.tolerance()`` overrides it per call."""
+
+    def tolerance(self, rtol: Optional[float] = None, atol: Optional[float] = None) -> "CircuitSnapshotAssertion":
+        current = self.extension_class
+        return self(
+            extension_class=extension_class(
+                current.rtol if rtol is None else rtol,
+                current.atol if atol is None else atol,
+                current.base_name,
+            )
+        )
