@@ -95,7 +95,7 @@ def check_spec(spec: str) -> None:
     if kind == "toy":
         _toy_module(spec)
     elif kind == "folder":
-        _folder_files(Path(spec).expanduser())
+        _folder_files(Path(spec).expanduser(), spec)
     elif kind == "factory":
         import_factory(spec)
 
@@ -109,7 +109,7 @@ def load_model(spec: str, device: Optional[str] = "auto", dtype=None):
     elif kind == "factory":
         model = _call_factory(import_factory(spec), device, dtype)
     elif kind == "folder":
-        model = load_folder(Path(spec).expanduser(), device, dtype)
+        model = load_folder(Path(spec).expanduser(), device, dtype, spec)
     else:
         model = load_hub(spec, device, dtype)
     if hasattr(model, "eval"):
@@ -126,16 +126,17 @@ def _toy_module(spec: str):
     return importlib.import_module(f"{toys.__name__}.{name}")
 
 
-def import_factory(spec: str, what: str = "model spec"):
-    """The callable named by ``package.module:name``; errors say what was looked for."""
+def import_factory(spec: str, what: Optional[str] = "model spec"):
+    """The callable named by ``package.module:name``; errors start with ``what`` and the spec."""
     module_name, _, attr = spec.partition(":")
+    prefix = f"{what} {spec!r}: " if what else ""
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ModelSpecError(f"{what} {spec!r}: cannot import module {module_name!r} ({error})") from None
+        raise ModelSpecError(f"{prefix}cannot import module {module_name!r} ({error})") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ModelSpecError(f"{what} {spec!r}: module {module_name!r} has no callable {attr!r}")
+        raise ModelSpecError(f"{prefix}module {module_name!r} has no callable {attr!r}")
     return factory
 
 
@@ -151,24 +152,25 @@ def _call_factory(factory, device, dtype):
     return model
 
 
-def _folder_files(folder: Path) -> list:
+def _folder_files(folder: Path, spec: Optional[str] = None) -> list:
+    spec = spec or str(folder)
     if not folder.is_dir():
-        raise ModelSpecError(f"model folder {str(folder)!r} does not exist; {WAYS}")
+        raise ModelSpecError(f"model folder {spec!r} does not exist; {WAYS}")
     if not (folder / "config.json").is_file():
-        raise ModelSpecError(f"model folder {str(folder)!r} has no config.json; save it with model.save_pretrained(folder)")
+        raise ModelSpecError(f"model folder {spec!r} has no config.json; save it with model.save_pretrained(folder)")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
         extra = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
-        raise ModelSpecError(f"model folder {str(folder)!r} has no *.safetensors weights{extra}")
+        raise ModelSpecError(f"model folder {spec!r} has no *.safetensors weights{extra}")
     return weights
 
 
-def load_folder(folder: Path, device: torch.device, dtype):
+def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] = None):
     """A local Hugging Face folder, loaded offline from safetensors and wrapped as a bridge."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _folder_files(folder)
+    _folder_files(folder, spec)
     hf_model = AutoModelForCausalLM.from_pretrained(
         folder, local_files_only=True, use_safetensors=True, **({"dtype": dtype} if dtype else {})
     )

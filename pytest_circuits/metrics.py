@@ -137,11 +137,17 @@ _REGISTRY["kl"] = Metric("kl", _kl, at_answer=True, needs_clean=True, higher_is_
 
 
 class MetricRegistry:
-    """The registry as an object, handed to ``pytest_circuits_register_metrics(registry)``."""
+    """The registry as an object, handed to ``pytest_circuits_register_metrics(registry)``.
 
-    register = staticmethod(register_metric)
+    Registering through it replaces a metric of the same name: the hook runs once per pytest
+    session, and a session started in the same process (pytester, IDE reruns) registers again.
+    """
+
     get = staticmethod(get_metric)
     names = staticmethod(metric_names)
+
+    def register(self, name: str, fn: Callable, *, at_answer: bool = False, higher_is_better: bool = True) -> Metric:
+        return register_metric(name, fn, at_answer=at_answer, higher_is_better=higher_is_better, replace=True)
 
     def __contains__(self, name: str) -> bool:
         return name in _REGISTRY

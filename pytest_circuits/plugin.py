@@ -86,14 +86,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "circuit: a circuit claim (added to every test using the `circuits` fixture)")
     state = CircuitsState(config)
     config.stash[STATE] = state
-    add_claim_listener(state.on_claim)
+    if not _ACTIVE:
+        add_claim_listener(_record_claim)
+    _ACTIVE.append(state)
     config.hook.pytest_circuits_register_metrics(registry=metrics.registry)
 
 
 def pytest_unconfigure(config):
     state = config.stash.get(STATE, None)
-    if state is not None:
-        remove_claim_listener(state.on_claim)
+    if state in _ACTIVE:
+        _ACTIVE.remove(state)
+        if not _ACTIVE:
+            remove_claim_listener(_record_claim)
+
+
+_ACTIVE: List["CircuitsState"] = []  # sessions in this process; a nested one (pytester) is last
+
+
+def _record_claim(claim: Claim) -> None:
+    """Claims belong to the innermost running session only, never to an enclosing one."""
+    _ACTIVE[-1].on_claim(claim)
 
 
 class CircuitsState:
@@ -244,7 +256,7 @@ def _load_prompts(source: str, model, base: Path) -> PromptPairs:
     else:
         if ":" not in source:
             raise PromptError("not a .jsonl path, pkg.mod:factory or toy:NAME")
-        factory = import_factory(source, "prompt source")
+        factory = import_factory(source, what=None)
         params = inspect.signature(factory).parameters
         kwargs = {name: value for name, value in (("model", model), ("tokenizer", tokenizer)) if name in params}
         pairs = factory(**kwargs)
