@@ -59,12 +59,17 @@ class ClaimRow:
 COLUMNS = ("test", "checkpoint", "kind", "circuit", "metric", "score", "threshold", "verdict")
 
 
-def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 48) -> List[str]:
-    """Aligned text lines: a header and one line per claim."""
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 64) -> List[str]:
+    """Aligned text lines: a header and one line per claim (tests named without their folders)."""
     cells = []
     for row in rows:
-        circuit = row.circuit if len(row.circuit) <= circuit_width else row.circuit[: circuit_width - 1] + "…"
-        test = row.test if len(row.test) <= test_width else "…" + row.test[-(test_width - 1) :]
+        circuit = _cut(row.circuit, circuit_width)
+        path, sep, name = row.test.partition("::")
+        test = _cut(path.rsplit("/", 1)[-1] + sep + name, test_width)
         flag = "  (>1: negative components left out?)" if row.score > 1 and row.kind != "noise" else ""
         cells.append(
             (
