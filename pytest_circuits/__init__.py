@@ -2,7 +2,7 @@
 
 from .assertions import assert_necessary, assert_recovers, assert_sufficient
 from .backends import BackendError
-from .circuit import Circuit, CircuitError, ModelShape, Node
+from .circuit import Circuit, CircuitError, Edge, ModelShape, Node, Receiver
 from .metrics import Metric, MetricError, get_metric, register_metric
 from .patching import Patcher, PatchingError, circuit_only, clear_cache, denoise, noise, patcher
 from .prompts import EncodedPairs, PromptError, PromptPairs
@@ -14,6 +14,7 @@ __all__ = [
     "BackendError",
     "Circuit",
     "CircuitError",
+    "Edge",
     "EncodedPairs",
     "Metric",
     "MetricError",
@@ -24,6 +25,7 @@ __all__ = [
     "PatchingError",
     "PromptError",
     "PromptPairs",
+    "Receiver",
     "assert_necessary",
     "assert_recovers",
     "assert_sufficient",

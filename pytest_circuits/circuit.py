@@ -1,8 +1,9 @@
-"""Circuits as data: nodes parsed from text, printed canonically, validated against a model.
+"""Circuits as data: parsed from text, printed canonically, validated against a model, saved.
 
-A circuit is a set of nodes. Text is the source of truth (``"L0H1 L1H3@END MLP*"``): it is what a
-paper states, what a test file holds, and what a snapshot shows, so every circuit prints back to a
-canonical text that parses to an equal circuit.
+A circuit is a set of nodes (``"L0H1 L1H3@END MLP*"``) or a set of edges
+(``"embed@Nobel -> L0H0, L0H0 -> L1H3.k"``). Text is the source of truth: it is what a paper states,
+what a test file holds and what a snapshot shows, so every circuit prints back to a canonical text
+that parses to an equal circuit.
 """
 
 from __future__ import annotations
@@ -13,196 +14,99 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
-WILDCARD = "*"
+from .edges import Edge, Receiver, edge_graph
+from .nodes import WILDCARD, CircuitError, ModelShape, Node, Position
 
-Position = Union[int, str]
-Index = Union[int, str]  # an int, or WILDCARD before expansion
+__all__ = ["Circuit", "CircuitError", "CircuitLike", "Edge", "ModelShape", "Node", "Receiver", "WILDCARD"]
 
-_POSITION = r"(?:-?\d+|[A-Za-z_][A-Za-z0-9_]*)"
-_NODE_PATTERNS = (
-    ("embed", re.compile(rf"^embed(?:@(?P<pos>{_POSITION}))?$")),
-    ("head", re.compile(rf"^L(?P<layer>\d+|\*)H(?P<index>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-    ("neuron", re.compile(rf"^L(?P<layer>\d+|\*)N(?P<index>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-    ("mlp", re.compile(rf"^MLP(?P<layer>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-)
-_KIND_ORDER = {"embed": 0, "head": 1, "neuron": 2, "mlp": 3}
-NODE_SYNTAX = "embed, L{layer}H{head}, MLP{layer} or L{layer}N{neuron}, optionally @position (@3, @-1, @END)"
-
-
-class CircuitError(ValueError):
-    """A circuit text, file or component that cannot be used; the message quotes the culprit."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes a circuit is validated against (read from the model by its backend)."""
-
-    n_layers: int
-    n_heads: int
-    d_mlp: int  # 0 for attention-only models
-    d_vocab: int
-    n_ctx: Optional[int] = None
-
-    def describe(self) -> str:
-        text = f"the model has {self.n_layers} layers (0-{self.n_layers - 1}), {self.n_heads} heads per layer (0-{self.n_heads - 1})"
-        if self.d_mlp:
-            return text + f" and {self.d_mlp} neurons per MLP (0-{self.d_mlp - 1})"
-        return text + " and no MLPs"
-
-
-@dataclass(frozen=True)
-class Node:
-    """One component that writes to the residual stream, optionally at one position.
-
-    ``kind`` is ``embed``, ``head``, ``mlp`` or ``neuron``; ``layer``/``index`` are ints or
-    ``WILDCARD``; ``position`` is ``None`` (every position), an int (negative counts from each
-    prompt's end) or a named position from the prompt pairs.
-    """
-
-    kind: str
-    layer: Optional[Index] = None
-    index: Optional[Index] = None
-    position: Optional[Position] = None
-
-    @classmethod
-    def parse(cls, text: str) -> "Node":
-        text = text.strip()
-        for kind, pattern in _NODE_PATTERNS:
-            match = pattern.match(text)
-            if match:
-                groups = match.groupdict()
-                return cls(
-                    kind=kind,
-                    layer=_index(groups.get("layer")),
-                    index=_index(groups.get("index")),
-                    position=_position(groups.get("pos")),
-                )
-        hint = ""
-        if re.match(r"^L\d+$", text):
-            hint = f" (a whole layer is not a node: write L{text[1:]}H* MLP{text[1:]})"
-        raise CircuitError(f"unknown component {text!r}: expected {NODE_SYNTAX}{hint}")
-
-    @property
-    def component(self) -> "Node":
-        """The same node at every position."""
-        return Node(self.kind, self.layer, self.index)
-
-    @property
-    def is_wildcard(self) -> bool:
-        return WILDCARD in (self.layer, self.index)
-
-    def sort_key(self):
-        def num(value):
-            return (1, 0) if value == WILDCARD else (0, -1 if value is None else value)
-
-        pos = self.position
-        if pos is None:
-            pos_key = (0, 0, "")
-        elif isinstance(pos, int):
-            pos_key = (1, pos, "")
-        else:
-            pos_key = (2, 0, pos)
-        return (self.kind != "embed", num(self.layer), _KIND_ORDER[self.kind], num(self.index), pos_key)
-
-    def __str__(self) -> str:
-        at = "" if self.position is None else f"@{self.position}"
-        if self.kind == "embed":
-            return f"embed{at}"
-        if self.kind == "head":
-            return f"L{self.layer}H{self.index}{at}"
-        if self.kind == "neuron":
-            return f"L{self.layer}N{self.index}{at}"
-        return f"MLP{self.layer}{at}"
-
-    def expand(self, shape: ModelShape) -> list["Node"]:
-        """Concrete nodes this (possibly wildcard) node names, checked against ``shape``."""
-        if self.kind == "embed":
-            return [self]
-        if self.kind in ("mlp", "neuron") and not shape.d_mlp:
-            raise CircuitError(f"{str(self)!r} names an MLP, but {shape.describe()}")
-        layers = range(shape.n_layers) if self.layer == WILDCARD else [self.layer]
-        if self.layer != WILDCARD and not 0 <= self.layer < shape.n_layers:
-            raise CircuitError(f"{str(self)!r}: layer {self.layer} is out of range: {shape.describe()}")
-        if self.kind == "mlp":
-            return [Node("mlp", layer, None, self.position) for layer in layers]
-        size, what = (shape.n_heads, "head") if self.kind == "head" else (shape.d_mlp, "neuron")
-        if self.index != WILDCARD and not 0 <= self.index < size:
-            raise CircuitError(f"{str(self)!r}: {what} {self.index} is out of range: {shape.describe()}")
-        indices = range(size) if self.index == WILDCARD else [self.index]
-        return [Node(self.kind, layer, index, self.position) for layer in layers for index in indices]
-
-
-def _index(text: Optional[str]) -> Optional[Index]:
-    if text is None:
-        return None
-    return WILDCARD if text == WILDCARD else int(text)
-
-
-def _position(text: Optional[str]) -> Optional[Position]:
-    if text is None:
-        return None
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-CircuitLike = Union["Circuit", str, Iterable[Union[str, Node]]]
+CircuitLike = Union["Circuit", str, Iterable[Union[str, Node, Edge]]]
+EMPTY = "(empty)"
 
 
 @dataclass(frozen=True)
 class Circuit:
-    """A set of nodes. Equal circuits print the same text; the name is a label, not identity."""
+    """A set of nodes or a set of edges. Equal circuits print the same text; the name is a label."""
 
     nodes: frozenset = frozenset()
     name: Optional[str] = field(default=None, compare=False)
+    edges: frozenset = frozenset()
 
     def __post_init__(self):
         nodes = frozenset(Node.parse(n) if isinstance(n, str) else n for n in self.nodes)
+        edges = frozenset(Edge.parse(e) if isinstance(e, str) else e for e in self.edges)
+        if nodes and edges:
+            raise CircuitError(
+                f"a circuit is a set of nodes or a set of edges, not both: got nodes {sorted(map(str, nodes))} "
+                f"and edges {sorted(map(str, edges))}; write a node N as the edges out of it instead"
+            )
         object.__setattr__(self, "nodes", nodes)
+        object.__setattr__(self, "edges", edges)
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
     def parse(cls, spec: CircuitLike, name: Optional[str] = None) -> "Circuit":
-        """A circuit from text (``"L0H1 L1H3, MLP*"``), a list of node texts, or a circuit."""
+        """A circuit from text, a list of node/edge texts, or a circuit.
+
+        Nodes are separated by spaces or commas (``"L0H1 L1H3, MLP*"``); edges, which contain
+        ``->``, by commas, semicolons or new lines (``"embed -> L0H0.v, L0H0 -> logits"``).
+        """
         if isinstance(spec, Circuit):
-            return spec if name is None else Circuit(spec.nodes, name)
+            return spec if name is None else Circuit(spec.nodes, name, spec.edges)
         if isinstance(spec, str):
-            items = [item for item in re.split(r"[\s,]+", spec.strip()) if item]
+            items = [spec]
         else:
             try:
                 items = list(spec)
             except TypeError:
                 raise CircuitError(
-                    f"cannot read a circuit from {type(spec).__name__}: give text like 'L0H1 MLP0', a list of node names, or a Circuit"
+                    f"cannot read a circuit from {type(spec).__name__}: give text like 'L0H1 MLP0', a list of names, or a Circuit"
                 ) from None
-        nodes = []
+        nodes, edges = [], []
         for item in items:
             if isinstance(item, Node):
                 nodes.append(item)
+            elif isinstance(item, Edge):
+                edges.append(item)
             elif isinstance(item, str):
-                nodes.extend(Node.parse(part) for part in re.split(r"[\s,]+", item.strip()) if part)
+                if "->" in item:
+                    edges.extend(Edge.parse(part) for part in re.split(r"[,;\n]+", item) if part.strip())
+                elif item.strip() != EMPTY:
+                    nodes.extend(Node.parse(part) for part in re.split(r"[\s,]+", item.strip()) if part)
             else:
-                raise CircuitError(f"circuit entries must be node names like 'L0H1', got {item!r}")
-        return cls(frozenset(nodes), name)
+                raise CircuitError(f"circuit entries must be node or edge names like 'L0H1' or 'L0H1 -> logits', got {item!r}")
+        return cls(frozenset(nodes), name, frozenset(edges))
 
     # -- reading ----------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Node]:
+    @property
+    def is_edges(self) -> bool:
+        return bool(self.edges)
+
+    def __iter__(self) -> Iterator[Union[Node, Edge]]:
+        if self.edges:
+            return iter(sorted(self.edges, key=Edge.sort_key))
         return iter(sorted(self.nodes, key=Node.sort_key))
 
     def __len__(self) -> int:
-        return len(self.nodes)
+        return len(self.edges) or len(self.nodes)
 
-    def __contains__(self, node) -> bool:
-        return (Node.parse(node) if isinstance(node, str) else node) in self.nodes
+    def __contains__(self, item) -> bool:
+        if isinstance(item, str):
+            item = Edge.parse(item) if "->" in item else Node.parse(item)
+        return item in self.nodes or item in self.edges
 
     def __str__(self) -> str:
-        """Canonical text: sorted by layer, then heads, neurons, MLP; parses back to an equal circuit."""
-        return " ".join(str(node) for node in self) if self.nodes else "(empty)"
+        """Canonical text; parses back to an equal circuit."""
+        if self.edges:
+            return ", ".join(str(edge) for edge in self)
+        return " ".join(str(node) for node in self) if self.nodes else EMPTY
 
     def __repr__(self) -> str:
         label = f", name={self.name!r}" if self.name else ""
         return f"Circuit({str(self)!r}{label})"
 
     def __or__(self, other: CircuitLike) -> "Circuit":
-        return Circuit(self.nodes | Circuit.parse(other).nodes)
+        other = Circuit.parse(other)
+        return Circuit(self.nodes | other.nodes, None, self.edges | other.edges)
 
     def short(self, width: int = 40) -> str:
         """The canonical text cut to ``width`` characters for tables."""
@@ -211,30 +115,43 @@ class Circuit:
 
     # -- against a model --------------------------------------------------------------------
     def resolve(self, shape: ModelShape) -> "Circuit":
-        """Wildcards expanded and every node checked against the model's sizes."""
+        """Wildcards and shorthands expanded, every node or edge checked against the model."""
         nodes = frozenset(expanded for node in self.nodes for expanded in node.expand(shape))
-        return Circuit(nodes, self.name)
+        edges = frozenset(expanded for edge in self.edges for expanded in edge.expand(shape))
+        return Circuit(nodes, self.name, edges)
+
+    @classmethod
+    def full_graph(cls, shape: ModelShape, split_mlps: bool = False) -> "Circuit":
+        """The model's whole edge graph as a circuit (circuit-only of it is the clean run)."""
+        return cls(edges=frozenset(edge_graph(shape, split_mlps)), name="full graph")
 
     @property
     def positions(self) -> set:
-        return {node.position for node in self.nodes if node.position is not None}
+        items = self.edges or self.nodes
+        return {item.position for item in items if item.position is not None}
 
     # -- files ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        data = {"nodes": [str(node) for node in self]}
+        data = {"edges" if self.edges else "nodes": [str(item) for item in self]}
         if self.name:
             data = {"name": self.name, **data}
         return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "circuit data") -> "Circuit":
-        if not isinstance(data, dict) or "nodes" not in data:
-            raise CircuitError(f"{source}: expected a table with a 'nodes' list, e.g. nodes = [\"L0H1\", \"MLP0\"]")
-        nodes = data["nodes"]
-        if isinstance(nodes, str) or not isinstance(nodes, list):
-            raise CircuitError(f"{source}: 'nodes' must be a list of node names, got {nodes!r}")
+        keys = [key for key in ("nodes", "edges") if isinstance(data, dict) and key in data]
+        if len(keys) != 1:
+            raise CircuitError(
+                f"{source}: expected a table with a 'nodes' list or an 'edges' list, e.g. nodes = [\"L0H1\", \"MLP0\"] "
+                "or edges = [\"L0H0 -> L1H3.k\"]"
+            )
+        items = data[keys[0]]
+        if isinstance(items, str) or not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise CircuitError(f"{source}: '{keys[0]}' must be a list of names, got {items!r}")
+        if keys[0] == "nodes" and any("->" in i for i in items) or keys[0] == "edges" and any("->" not in i for i in items):
+            raise CircuitError(f"{source}: '{keys[0]}' holds {'edges' if keys[0] == 'nodes' else 'nodes'}; list them under the other key")
         try:
-            return cls.parse(nodes, name=data.get("name"))
+            return cls.parse(items, name=data.get("name"))
         except CircuitError as error:
             raise CircuitError(f"{source}: {error}") from None
 
@@ -246,7 +163,8 @@ class Circuit:
             text = json.dumps(data, indent=2) + "\n"
         elif path.suffix == ".toml":
             lines = [f"name = {json.dumps(self.name)}"] if self.name else []
-            lines.append("nodes = [" + ", ".join(json.dumps(n) for n in data["nodes"]) + "]")
+            key = "edges" if self.edges else "nodes"
+            lines.append(f"{key} = [" + ", ".join(json.dumps(n) for n in data[key]) + "]")
             text = "\n".join(lines) + "\n"
         else:
             raise CircuitError(f"cannot save a circuit as {path.name!r}: use a .toml or .json file")

@@ -25,6 +25,7 @@ import torch
 from .backends import Site, backend_for
 from .circuit import Circuit, CircuitLike, Node
 from .metrics import Metric, answer_logits, get_metric
+from .paths import EdgePatcher, edge_plan
 from .prompts import EncodedPairs, PromptPairs
 from .results import PatchResult
 
@@ -53,6 +54,7 @@ class Patcher:
         self._acts: Dict[str, Dict[Site, torch.Tensor]] = {"clean": {}, "corrupt": {}}
         self._answer_logits: Dict[str, torch.Tensor] = {}
         self._baselines: Dict[Metric, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._edge_patcher: Optional[EdgePatcher] = None
         self.forward_passes = 0  # unpatched + patched forwards run so far, for tests and benchmarks
 
     # -- public questions ---------------------------------------------------------------------
@@ -70,10 +72,15 @@ class Patcher:
             raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
         metric = get_metric(metric)
         circuit = Circuit.parse(circuit)
-        nodes = circuit.resolve(self.shape)
-        tokens, plan = self._plan(kind, nodes)  # first: its capture pass also yields the baselines' logits
+        resolved = circuit.resolve(self.shape)
+        if resolved.is_edges:
+            tokens, plan = edge_plan(self, kind, resolved)
+            logits = self._edges().logits(tokens, plan)
+        else:
+            tokens, plan = self._plan(kind, resolved)
+            logits = self._patched_logits(tokens, plan)
         clean, corrupt = self.baselines(metric)
-        patched = self._metric(metric, self._patched_logits(tokens, plan))
+        patched = self._metric(metric, logits)
         return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name)
 
     def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +90,11 @@ class Patcher:
             clean_logits, corrupt_logits = self._run_logits("clean", metric), self._run_logits("corrupt", metric)
             self._baselines[metric] = (self._metric(metric, clean_logits), self._metric(metric, corrupt_logits))
         return self._baselines[metric]
+
+    def _edges(self) -> EdgePatcher:
+        if self._edge_patcher is None:
+            self._edge_patcher = EdgePatcher(self)
+        return self._edge_patcher
 
     # -- plans: which sites carry which values ------------------------------------------------
     def _plan(self, kind: str, nodes: Circuit):

@@ -23,7 +23,9 @@ class BackendError(TypeError):
 @dataclass(frozen=True, order=True)
 class Site:
     """``embed`` (the embedding's write), ``head`` (per-head outputs of a layer), ``mlp`` (an MLP's
-    output) or ``neuron`` (an MLP's per-neuron activations, each scaling one output direction)."""
+    output) or ``neuron`` (an MLP's per-neuron activations, each scaling one output direction);
+    for path patching also the receiver inputs ``q_input``/``k_input``/``v_input`` ([b, p, head, d]),
+    ``mlp_in``, ``mlp_pre`` (per-neuron pre-activations) and ``resid_final`` (what the unembedding reads)."""
 
     kind: str
     layer: int = 0
@@ -49,7 +51,20 @@ class Backend(Protocol):
         tokens: torch.Tensor,
         patches: Optional[Mapping[Site, Patch]] = None,
         capture: Iterable[Site] = (),
+        split_inputs: bool = False,
     ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
         """Logits ``[batch, pos, d_vocab]`` of a forward where each patched site's value is replaced
-        by ``patch(value)``, and the (post-patch) values of the captured sites."""
+        by ``patch(value)``, and the (post-patch) values of the captured sites. ``split_inputs``
+        gives every receiver its own input site (``q_input``, ``k_input``, ``v_input``, ``mlp_in``)."""
+        ...
+
+    # path patching (edges); a backend without them raises BackendError from check_edges
+    def check_edges(self) -> None: ...
+
+    def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos, head, d_model]``: each head's write from its ``head`` site values."""
+        ...
+
+    def mlp_preacts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's pre-activations ``[..., d_mlp]`` for residual input ``x`` ``[..., d_model]``."""
         ...

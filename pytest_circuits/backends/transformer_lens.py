@@ -8,6 +8,7 @@ stream entering block 0.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
@@ -20,6 +21,13 @@ HOOKS = {
     "head": "blocks.{layer}.attn.hook_z",
     "mlp": "blocks.{layer}.hook_mlp_out",
     "neuron": "blocks.{layer}.mlp.hook_post",
+    # receiver inputs, for path patching (the residual stream before each receiver's own norm)
+    "q_input": "blocks.{layer}.hook_q_input",
+    "k_input": "blocks.{layer}.hook_k_input",
+    "v_input": "blocks.{layer}.hook_v_input",
+    "mlp_in": "blocks.{layer}.hook_mlp_in",
+    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
+    "resid_final": "blocks.{layer}.hook_resid_post",  # of the last layer: what ln_final reads
 }
 
 
@@ -61,16 +69,68 @@ class TransformerLensBackend:
                 f"{'head outputs' if 'attn' in missing[0] else 'node outputs'}; this architecture is not supported yet"
             )
 
-    @staticmethod
-    def hook_name(site: Site) -> str:
-        return HOOKS[site.kind].format(layer=site.layer)
+    def hook_name(self, site: Site) -> str:
+        layer = self.shape.n_layers - 1 if site.kind == "resid_final" else site.layer
+        return HOOKS[site.kind].format(layer=layer)
+
+    # -- path patching: per-receiver inputs and sender writes -----------------------------------
+    def check_edges(self) -> None:
+        """Path patching needs each receiver's own input: per-head q/k/v inputs and the MLP input."""
+        if not hasattr(self.model, "set_use_split_qkv_input"):
+            self._no_edges("it has no set_use_split_qkv_input switch")
+        try:
+            with self._split_inputs():
+                available = set(self.model.hook_dict)
+        except NotImplementedError as error:
+            self._no_edges(str(error).split(".")[0])
+        needed = ["q_input", "k_input", "v_input"] + (["mlp_in", "mlp_pre"] if self.shape.d_mlp else [])
+        missing = [self.hook_name(Site(kind, 0)) for kind in needed if self.hook_name(Site(kind, 0)) not in available]
+        if missing:
+            self._no_edges(f"it has no hook {missing[0]!r}")
+
+    def _no_edges(self, why: str):
+        raise BackendError(
+            f"model {self.name!r} cannot be path patched: {why}. Edge circuits patch one receiver's input "
+            "(a head's q, k or v input, an MLP's input) without the others, which needs per-receiver input hooks "
+            "(TransformerLens use_split_qkv_input / use_hook_mlp_in); GPT-2-style bridges from boot_transformers "
+            "or build_bridge_from_module have them. Node circuits work on this model."
+        )
+
+    @contextmanager
+    def _split_inputs(self):
+        """Each head's q/k/v and each MLP read their own copy of the residual stream, restored after."""
+        cfg = self.model.cfg
+        saved = (getattr(cfg, "use_split_qkv_input", False), getattr(cfg, "use_hook_mlp_in", False))
+        try:
+            self.model.set_use_split_qkv_input(True)
+            self.model.set_use_hook_mlp_in(True)
+            yield
+        finally:
+            self.model.set_use_split_qkv_input(saved[0])
+            self.model.set_use_hook_mlp_in(saved[1])
+
+    def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Each head's write to the residual stream, ``[batch, pos, head, d_model]`` (no shared bias)."""
+        W_O = self.model.blocks[layer].attn.W_O.detach()
+        return torch.einsum("bphd,hdm->bphm", z, W_O.to(z.dtype))
+
+    def mlp_preacts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's pre-activations ``[..., d_mlp]`` for residual input ``x`` ``[..., d_model]``
+        (its own norm, then W_in), computed outside the forward so one neuron can read its own input."""
+        block = self.model.blocks[layer]
+        norm = getattr(block.ln2, "_original_component", block.ln2)
+        return norm(x) @ block.mlp.W_in.detach().to(x.dtype) + block.mlp.b_in.detach().to(x.dtype)
 
     def run(
         self,
         tokens: torch.Tensor,
         patches: Optional[Mapping[Site, Patch]] = None,
         capture: Iterable[Site] = (),
+        split_inputs: bool = False,
     ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
+        if split_inputs:
+            with self._split_inputs():
+                return self.run(tokens, patches, capture)
         captured: Dict[Site, torch.Tensor] = {}
         hooks = []
         for site, patch in (patches or {}).items():
