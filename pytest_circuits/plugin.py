@@ -345,9 +345,7 @@ def circuits(request, circuit_model, prompt_pairs):
     """The engine and assertions bound to this test's model, prompts and ``circuit`` marker."""
     state = request.config.stash[STATE]
     marker = request.node.get_closest_marker("circuit")
-    circuit = None
-    if marker and marker.args:
-        circuit = " ".join(marker.args)
+    circuit = list(marker.args) if marker and marker.args else None  # nodes or edges, one or several args
     try:
         return CircuitSession(circuit_model, prompt_pairs, circuit, patchers=state.patcher)
     except CircuitError as error:
