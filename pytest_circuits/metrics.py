@@ -28,7 +28,8 @@ class Metric:
 
     ``at_answer``: the function takes answer-position logits ``[batch, d_vocab]`` instead of the full
     logits. ``needs_clean``: it also takes the clean run's answer-position logits (``reference=``).
-    ``higher_is_better`` is for display only; scores use the same formulas either way.
+    ``higher_is_better`` is for display only; scores use the same formulas either way. ``reads``
+    gives the token ids an answer-position metric looks at, so sweeps unembed only those columns.
     """
 
     name: str
@@ -36,6 +37,7 @@ class Metric:
     at_answer: bool = False
     needs_clean: bool = False
     higher_is_better: bool = True
+    reads: Optional[Callable[[EncodedPairs], torch.Tensor]] = None  # token ids read at the answer; None: all
 
     def __call__(self, logits: torch.Tensor, pairs: EncodedPairs, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.at_answer and logits.ndim == 3:
@@ -131,7 +133,11 @@ def metric_names() -> list:
     return sorted(_REGISTRY)
 
 
-_REGISTRY["logit_diff"] = Metric("logit_diff", _logit_diff, at_answer=True)
+def _answer_tokens(pairs: EncodedPairs) -> torch.Tensor:
+    return torch.unique(pairs.answers.flatten())
+
+
+_REGISTRY["logit_diff"] = Metric("logit_diff", _logit_diff, at_answer=True, reads=_answer_tokens)
 _REGISTRY["prob"] = Metric("prob", _prob, at_answer=True)
 _REGISTRY["kl"] = Metric("kl", _kl, at_answer=True, needs_clean=True, higher_is_better=False)
 

@@ -28,7 +28,15 @@ HOOKS = {
     "mlp_in": "blocks.{layer}.hook_mlp_in",
     "mlp_pre": "blocks.{layer}.mlp.hook_pre",
     "resid_final": "blocks.{layer}.hook_resid_post",  # of the last layer: what ln_final reads
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
 }
+
+
+class _Stop(Exception):
+    """Raised from the last block's output hook to skip the unembedding."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def is_transformer_lens_model(model) -> bool:
@@ -120,6 +128,38 @@ class TransformerLensBackend:
         block = self.model.blocks[layer]
         norm = getattr(block.ln2, "_original_component", block.ln2)
         return norm(x) @ block.mlp.W_in.detach().to(x.dtype) + block.mlp.b_in.detach().to(x.dtype)
+
+    # -- sweeps: resume from a layer, read only the logits a metric needs ------------------------
+    def run_from(self, resid: torch.Tensor, layer: int, patches: Optional[Mapping[Site, Patch]] = None) -> torch.Tensor:
+        """The final residual stream ``[batch, pos, d]`` of a forward resumed at ``layer`` from its
+        input ``resid`` (layers before it are not run); the unembedding is skipped."""
+        if layer >= self.shape.n_layers:
+            return resid
+
+        def stop(act, hook):
+            raise _Stop(act)
+
+        hooks = [(self.hook_name(site), lambda act, hook, patch=patch: patch(act)) for site, patch in (patches or {}).items()]
+        hooks.append((self.hook_name(Site("resid_final")), stop))
+        try:
+            with torch.no_grad():
+                self.model.run_with_hooks(resid.to(self.device), fwd_hooks=hooks, start_at_layer=layer)
+        except _Stop as done:
+            return done.value
+        raise RuntimeError("the last block's output hook did not fire")
+
+    def unembed(self, resid: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits from final residual vectors ``[..., d]``: all of them, or only ``columns`` (token ids)."""
+        final = self.model.ln_final
+        normed = getattr(final, "_original_component", final)(resid)
+        W_U, b_U = self.model.unembed.W_U.detach(), self.model.unembed.b_U.detach()
+        if columns is not None:
+            W_U, b_U = W_U[:, columns], b_U[columns]
+        return normed @ W_U.to(normed.dtype) + b_U.to(normed.dtype)
+
+    def neuron_directions(self, layer: int, neurons: torch.Tensor) -> torch.Tensor:
+        """``[n, d]``: what one unit of each neuron's activation writes to the residual stream."""
+        return self.model.blocks[layer].mlp.W_out.detach()[neurons]
 
     def run(
         self,

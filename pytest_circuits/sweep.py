@@ -1,0 +1,287 @@
+"""Exact component sweeps: patch every head, MLP, neuron or residual position, one at a time.
+
+The values are exactly those of patching one component at a time, but the work is only what
+patching requires:
+
+* a patched run resumes at the patched layer from the cached residual stream (earlier layers
+  equal the unpatched run); an MLP or neuron patch resumes one layer later still, since its write
+  is simply added to the cached stream;
+* many patched configurations run as one batch, as many as fit a memory budget;
+* only the logits the metric reads are computed: for ``logit_diff``, the answer columns of the
+  unembedding at each prompt's answer position.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+
+from .backends import Site
+from .metrics import Metric, get_metric
+from .patching import Patcher, PatchingError, patcher as cached_patcher
+from .results import fixed
+
+OVER = ("heads", "mlps", "neurons", "resid")
+DEFAULT_BUDGET = 1 << 30  # bytes of activations one batched forward may hold (1 GiB)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Scores of every component: ``scores[axes]`` (recovered for denoise, damage for noise)."""
+
+    over: str
+    mode: str
+    metric: str
+    axes: Tuple[str, ...]
+    scores: torch.Tensor
+    patched: torch.Tensor  # mean metric per component
+    clean: float
+    corrupt: float
+    n_prompts: int
+
+    @property
+    def named(self) -> torch.Tensor:
+        """``scores`` as a named tensor (``layer``, ``head``/``neuron``/``pos``)."""
+        return self.scores.refine_names(*self.axes)
+
+    def label(self, index: Tuple[int, ...]) -> str:
+        if self.over == "heads":
+            return f"L{index[0]}H{index[1]}"
+        if self.over == "neurons":
+            return f"L{index[0]}N{index[1]}"
+        if self.over == "mlps":
+            return f"MLP{index[0]}" + (f"@{index[1]}" if len(index) > 1 else "")
+        return f"resid_pre{index[0]}@{index[1]}"
+
+    def top(self, k: int = 10, by_magnitude: bool = False) -> List[Tuple[str, float]]:
+        """The ``k`` highest-scoring components (by absolute score with ``by_magnitude``)."""
+        flat = self.scores.flatten()
+        order = (flat.abs() if by_magnitude else flat).argsort(descending=True)[:k]
+        return [(self.label(tuple(int(i) for i in torch.unravel_index(j, self.scores.shape))), float(flat[j])) for j in order]
+
+    def to_text(self) -> str:
+        """One ``component: score`` line each, in a fixed order, for snapshots."""
+        score_name = "recovered" if self.mode == "denoise" else "damage"
+        lines = [
+            f"sweep: {self.over}",
+            f"mode: {self.mode}",
+            f"metric: {self.metric}",
+            f"n_prompts: {self.n_prompts}",
+            f"clean: {self.clean:.6g}",
+            f"corrupt: {self.corrupt:.6g}",
+        ]
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in self.scores.shape]).reshape(-1, self.scores.ndim):
+            key = tuple(int(i) for i in index)
+            lines.append(f"{score_name}[{self.label(key)}]: {float(self.scores[key]):.6g}")
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        best = ", ".join(f"{name} {fixed(score, 3)}" for name, score in self.top(5))
+        return f"{self.mode} sweep over {self.over} ({self.metric}, {self.n_prompts} prompts): top {best}"
+
+
+def sweep(
+    model,
+    pairs,
+    over: str = "heads",
+    mode: str = "denoise",
+    *,
+    metric: Union[str, Callable, Metric] = "logit_diff",
+    ablation: str = "corrupt",
+    per_position: bool = False,
+    budget_bytes: int = DEFAULT_BUDGET,
+    progress: Union[bool, Callable[[int, int], None]] = False,
+) -> SweepResult:
+    """Patch every component of kind ``over`` alone and score it (see ``Sweeper``)."""
+    return Sweeper(cached_patcher(model, pairs, ablation), budget_bytes).sweep(over, mode, metric=metric, per_position=per_position, progress=progress)
+
+
+class Sweeper:
+    """Sweeps sharing one ``Patcher``'s cached clean and corrupt runs."""
+
+    def __init__(self, patcher: Patcher, budget_bytes: int = DEFAULT_BUDGET):
+        self.patcher = patcher
+        self.backend = patcher.backend
+        self.shape = patcher.shape
+        self.pairs = patcher.pairs
+        self.budget = budget_bytes
+
+    def sweep(self, over="heads", mode="denoise", *, metric="logit_diff", per_position=False, progress=False) -> SweepResult:
+        if over not in OVER:
+            raise ValueError(f"unknown sweep {over!r}: choose one of {', '.join(OVER)}")
+        if mode not in ("denoise", "noise"):
+            raise ValueError(f"unknown mode {mode!r}: choose denoise or noise")
+        if mode == "denoise" and self.patcher.ablation != "corrupt":
+            raise PatchingError(
+                f"a denoise sweep patches clean values into the corrupt prompts' run; ablation {self.patcher.ablation!r} "
+                "applies to noise sweeps (mode='noise')"
+            )
+        if over in ("mlps", "neurons") and not self.shape.d_mlp:
+            raise PatchingError(f"the model has no MLPs to sweep over {over}")
+        metric = get_metric(metric)
+        clean, corrupt = self.patcher.baselines(metric)
+        base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupted")
+        jobs = self._jobs(over, per_position)
+        report = _progress(progress, f"{mode} sweep over {over}")
+        values = torch.empty(len(jobs), self.pairs.n_prompts, dtype=torch.float64)
+        done = 0
+        with torch.no_grad():
+            for layer, chunk in self._chunks(jobs, over):
+                final = self._run_chunk(over, layer, [jobs[i][1] for i in chunk], base, source)
+                values[chunk] = self._metric(metric, final)
+                done += len(chunk)
+                report(done, len(jobs))
+        gap = float(clean.mean() - corrupt.mean())
+        patched = values.mean(1)
+        scores = (patched - float(corrupt.mean())) / gap if mode == "denoise" else (float(clean.mean()) - patched) / gap
+        shape, axes = self._grid(over, per_position)
+        return SweepResult(
+            over=over,
+            mode=mode,
+            metric=metric.name,
+            axes=axes,
+            scores=scores.reshape(shape),
+            patched=patched.reshape(shape),
+            clean=float(clean.mean()),
+            corrupt=float(corrupt.mean()),
+            n_prompts=self.pairs.n_prompts,
+        )
+
+    # -- what to patch -------------------------------------------------------------------------
+    def _grid(self, over: str, per_position: bool):
+        seq = self.pairs.seq_len
+        if over == "heads":
+            return (self.shape.n_layers, self.shape.n_heads), ("layer", "head")
+        if over == "neurons":
+            return (self.shape.n_layers, self.shape.d_mlp), ("layer", "neuron")
+        if over == "mlps" and not per_position:
+            return (self.shape.n_layers,), ("layer",)
+        return (self.shape.n_layers, seq), ("layer", "pos")
+
+    def _jobs(self, over: str, per_position: bool) -> List[Tuple[int, Tuple[int, Optional[int]]]]:
+        """(layer, (component, position)) for every patched configuration, layer-major."""
+        shape, _ = self._grid(over, per_position)
+        jobs = []
+        for layer in range(self.shape.n_layers):
+            if over in ("heads", "neurons"):
+                jobs += [(layer, (c, None)) for c in range(shape[1])]
+            elif len(shape) == 1:
+                jobs.append((layer, (0, None)))
+            else:
+                jobs += [(layer, (0, p)) for p in range(shape[1])]
+        return jobs
+
+    def _chunks(self, jobs, over: str):
+        """Indices of jobs per layer, split to fit the memory budget."""
+        per_config = self._bytes_per_config()
+        size = max(1, int(self.budget // per_config))
+        by_layer = {}
+        for i, (layer, _) in enumerate(jobs):
+            by_layer.setdefault(layer, []).append(i)
+        for layer, indices in by_layer.items():
+            for start in range(0, len(indices), size):
+                yield layer, indices[start : start + size]
+
+    def _bytes_per_config(self) -> int:
+        """Activation bytes one patched copy of the prompt batch holds in a forward (generous)."""
+        b, p = self.pairs.clean.shape
+        d = self._width()
+        per_token = 12 * d + 3 * max(self.shape.d_mlp, 1) + 3 * self.shape.n_heads * p
+        return 4 * b * p * per_token
+
+    def _width(self) -> int:
+        return int(self.patcher._activations("clean", [Site("embed")])[Site("embed")].shape[-1])
+
+    # -- running a chunk -----------------------------------------------------------------------
+    def _values(self, run: str, sites):
+        if run == "corrupted":
+            return self.patcher._corrupted_values(sites)
+        return self.patcher._activations(run, sites)
+
+    def _stream(self, run: str, layer: int) -> torch.Tensor:
+        """The residual stream entering ``layer`` (after the last layer: the final stream)."""
+        site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
+        return self.patcher._activations(run, [site])[site]
+
+    def _run_chunk(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
+        k = len(configs)
+        b, p = self.pairs.clean.shape
+        positions = self._position_masks(configs)  # [k, b, p] or None
+        if over == "heads":
+            heads = torch.tensor([c for c, _ in configs], device=self.pairs.clean.device)
+            src = self._values(source, [Site("head", layer)])[Site("head", layer)]
+
+            def patch(z):
+                z = z.clone().view(k, b, p, *z.shape[2:])
+                z[torch.arange(k), :, :, heads] = src[:, :, heads].permute(2, 0, 1, 3).to(z.dtype)
+                return z.view(k * b, p, *z.shape[3:])
+
+            resid = self._stream(base, layer).repeat(k, 1, 1)
+            return self.backend.run_from(resid, layer, {Site("head", layer): patch})
+        if over == "resid":
+            resid = self._stream(base, layer)
+            src = self._values(source, [Site("resid_pre", layer)])[Site("resid_pre", layer)]
+            patched = torch.where(positions[..., None], src[None], resid[None])
+            return self.backend.run_from(patched.reshape(k * b, p, -1), layer)
+        # MLPs and neurons: add the change of the write to the stream after the layer, resume from the next
+        after = self._stream(base, layer + 1)
+        if over == "mlps":
+            site = Site("mlp", layer)
+            delta = self._values(source, [site])[site] - self._values(base, [site])[site]
+            delta = delta[None] * positions[..., None] if positions is not None else delta[None].expand(k, -1, -1, -1)
+        else:
+            site = Site("neuron", layer)
+            neurons = torch.tensor([c for c, _ in configs], device=self.pairs.clean.device)
+            change = (self._values(source, [site])[site] - self._values(base, [site])[site])[:, :, neurons]  # [b, p, k]
+            directions = self.backend.neuron_directions(layer, neurons).to(change.dtype)  # [k, d]
+            delta = change.permute(2, 0, 1)[..., None] * directions[:, None, None, :]
+        patched = (after[None] + delta.to(after.dtype)).reshape(k * b, p, -1)
+        return self.backend.run_from(patched, layer + 1)
+
+    def _position_masks(self, configs) -> Optional[torch.Tensor]:
+        if all(pos is None for _, pos in configs):
+            return None
+        b, p = self.pairs.clean.shape
+        masks = torch.zeros(len(configs), b, p, dtype=torch.bool, device=self.pairs.clean.device)
+        for i, (_, pos) in enumerate(configs):
+            masks[i, :, pos] = True
+        return masks
+
+    # -- reading the metric --------------------------------------------------------------------
+    def _metric(self, metric: Metric, final: torch.Tensor) -> torch.Tensor:
+        """Per-config, per-prompt metric values ``[k, b]`` from final residual streams ``[k*b, p, d]``."""
+        b = self.pairs.n_prompts
+        k = final.shape[0] // b
+        final = final.view(k, b, *final.shape[1:])
+        reference = self.patcher._answer("clean") if metric.needs_clean else None
+        if not metric.at_answer:
+            logits = self.backend.unembed(final)
+            return torch.stack([metric(logits[i], self.pairs) for i in range(k)])
+        at = final[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, d]
+        columns = metric.reads(self.pairs) if metric.reads else None
+        if columns is None:
+            logits = self.backend.unembed(at)
+        else:
+            logits = torch.zeros(k, b, self.shape.d_vocab, dtype=at.dtype, device=at.device)
+            logits[..., columns] = self.backend.unembed(at, columns)
+        return torch.stack([metric(logits[i], self.pairs, reference=reference) for i in range(k)])
+
+
+def _progress(progress, what: str) -> Callable[[int, int], None]:
+    if callable(progress):
+        return progress
+    if not progress:
+        return lambda done, total: None
+
+    def bar(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{what}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return bar
