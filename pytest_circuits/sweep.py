@@ -42,10 +42,13 @@ class SweepResult:
     corrupt: float
     n_prompts: int
 
-    @property
-    def named(self) -> torch.Tensor:
-        """``scores`` as a named tensor (``layer``, ``head``/``neuron``/``pos``)."""
-        return self.scores.refine_names(*self.axes)
+    def at(self, **coords: int) -> torch.Tensor:
+        """Scores selected by axis name: ``at(layer=3)`` is layer 3's row, ``at(layer=3, head=5)`` one score.
+        (``axes`` names the dimensions of ``scores``; torch has no named tensors any more.)"""
+        unknown = set(coords) - set(self.axes)
+        if unknown:
+            raise KeyError(f"no axis {sorted(unknown)}; this sweep's axes are {self.axes}")
+        return self.scores[tuple(coords.get(axis, slice(None)) for axis in self.axes)]
 
     def label(self, index: Tuple[int, ...]) -> str:
         if self.over == "heads":
