@@ -52,10 +52,12 @@ class Backend(Protocol):
         patches: Optional[Mapping[Site, Patch]] = None,
         capture: Iterable[Site] = (),
         split_inputs: bool = False,
+        grad: bool = False,
     ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
         """Logits ``[batch, pos, d_vocab]`` of a forward where each patched site's value is replaced
         by ``patch(value)``, and the (post-patch) values of the captured sites. ``split_inputs``
-        gives every receiver its own input site (``q_input``, ``k_input``, ``v_input``, ``mlp_in``)."""
+        gives every receiver its own input site (``q_input``, ``k_input``, ``v_input``, ``mlp_in``);
+        ``grad`` keeps the autograd graph (attribution patching)."""
         ...
 
     # path patching (edges); a backend without them raises BackendError from check_edges

@@ -167,16 +167,17 @@ class TransformerLensBackend:
         patches: Optional[Mapping[Site, Patch]] = None,
         capture: Iterable[Site] = (),
         split_inputs: bool = False,
+        grad: bool = False,
     ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
         if split_inputs:
             with self._split_inputs():
-                return self.run(tokens, patches, capture)
+                return self.run(tokens, patches, capture, grad=grad)
         captured: Dict[Site, torch.Tensor] = {}
         hooks = []
         for site, patch in (patches or {}).items():
             hooks.append((self.hook_name(site), lambda act, hook, patch=patch: patch(act)))
         for site in capture:  # registered after the patches, so they see the value carried on
             hooks.append((self.hook_name(site), lambda act, hook, site=site: captured.__setitem__(site, act.detach().clone())))
-        with torch.no_grad():
+        with torch.enable_grad() if grad else torch.no_grad():
             logits = self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
         return logits, captured

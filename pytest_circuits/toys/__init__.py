@@ -4,4 +4,4 @@ Each toy module has ``load(device=None, dtype=None)``, ``CIRCUIT`` (roles -> nod
 ``circuit()`` and ``prompt_pairs()``; the model spec ``toy:NAME`` loads one.
 """
 
-NAMES = ("induction", "redundant")
+NAMES = ("induction", "redundant", "nobel")
