@@ -32,12 +32,6 @@ HOOKS = {
 }
 
 
-class _Stop(Exception):
-    """Raised from the last block's output hook to skip the unembedding."""
-
-    def __init__(self, value):
-        self.value = value
-
 
 def is_transformer_lens_model(model) -> bool:
     return hasattr(model, "run_with_hooks") and hasattr(model, "cfg") and hasattr(model, "hook_dict")
@@ -132,21 +126,14 @@ class TransformerLensBackend:
     # -- sweeps: resume from a layer, read only the logits a metric needs ------------------------
     def run_from(self, resid: torch.Tensor, layer: int, patches: Optional[Mapping[Site, Patch]] = None) -> torch.Tensor:
         """The final residual stream ``[batch, pos, d]`` of a forward resumed at ``layer`` from its
-        input ``resid`` (layers before it are not run); the unembedding is skipped."""
-        if layer >= self.shape.n_layers:
-            return resid
-
-        def stop(act, hook):
-            raise _Stop(act)
-
+        input ``resid``: the blocks from ``layer`` on run one by one (those before are not run at
+        all), and the unembedding is skipped."""
         hooks = [(self.hook_name(site), lambda act, hook, patch=patch: patch(act)) for site, patch in (patches or {}).items()]
-        hooks.append((self.hook_name(Site("resid_final")), stop))
-        try:
-            with torch.no_grad():
-                self.model.run_with_hooks(resid.to(self.device), fwd_hooks=hooks, start_at_layer=layer)
-        except _Stop as done:
-            return done.value
-        raise RuntimeError("the last block's output hook did not fire")
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            for block in self.model.blocks[layer:]:
+                out = block(resid.to(self.device))
+                resid = out[0] if isinstance(out, tuple) else out
+        return resid
 
     def unembed(self, resid: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits from final residual vectors ``[..., d]``: all of them, or only ``columns`` (token ids)."""

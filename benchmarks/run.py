@@ -1,0 +1,207 @@
+"""Speed and memory of pytest-circuits against TransformerLens's own patching, measured in one run.
+
+    python benchmarks/run.py                  # GPT-2-small-sized random model + the shipped toys
+    python benchmarks/run.py --device cuda
+    python benchmarks/run.py --quick          # a small model, for a smoke run
+
+Each line prints our time, TransformerLens's time on the same model and prompts, their ratio, and
+the largest difference between the two results. Nothing here is a test: timings vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from pytest_circuits import Patcher, PromptPairs, clear_cache  # noqa: E402
+from pytest_circuits.attribution import Attributor, compare  # noqa: E402
+from pytest_circuits.sweep import Sweeper  # noqa: E402
+from pytest_circuits.toys import _gpt2  # noqa: E402
+
+
+def gpt2_small(device: str, quick: bool):
+    from transformers import GPT2LMHeadModel
+
+    sizes = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
+    if quick:
+        sizes = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=5000, n_positions=64)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(_gpt2.gpt2_config(**sizes)).to(device)
+    return _gpt2.bridge(hf, model_name="gpt2-small-sized (random)")
+
+
+def random_pairs(vocab: int, n: int, seq: int, device: str) -> PromptPairs:
+    g = torch.Generator().manual_seed(1)
+    clean = torch.randint(100, vocab, (n, seq), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, seq // 3 : seq // 3 + 3] = torch.randint(100, vocab, (n, 3), generator=g)
+    answers = torch.randint(100, vocab, (n, 2), generator=g)
+    return PromptPairs(clean, corrupt, answers)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@contextmanager
+def peak_memory(device: str, out: dict):
+    """Peak bytes above the start of the block: CUDA allocator stats, or sampled RSS on CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        yield
+        out["peak"] = torch.cuda.max_memory_allocated() - start
+        return
+    try:
+        import psutil
+    except ImportError:
+        out["peak"] = float("nan")
+        yield
+        return
+    process = psutil.Process()
+    start = process.memory_info().rss
+    peak = [start]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        out["peak"] = peak[0] - start
+
+
+def timed(fn, device: str):
+    sync(device)
+    start = time.perf_counter()
+    value = fn()
+    sync(device)
+    return value, time.perf_counter() - start
+
+
+def tl_metric(enc):
+    def metric(logits):
+        picked = logits[torch.arange(enc.n_prompts), enc.answer_positions].gather(1, enc.answers[:, 0].to(logits.device))
+        return (picked[:, 0] - picked[:, 1]).mean()
+
+    return metric
+
+
+def line(name: str, ours: float, theirs: float, diff: float = None, extra: str = "") -> None:
+    ratio = theirs / ours if ours > 0 else float("inf")
+    agree = "" if diff is None else f"  max |diff| {diff:.1e}"
+    print(f"{name:<34} ours {ours:8.2f}s  TransformerLens {theirs:8.2f}s  speed-up {ratio:6.1f}x{agree}{extra}", flush=True)
+
+
+def bench_model(label: str, model, pairs: PromptPairs, device: str, budget: int, skip_tl: bool = False) -> None:
+    from transformer_lens import patching as tl
+
+    print(f"\n== {label}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, d_model {model.cfg.d_model}, "
+          f"vocab {model.cfg.d_vocab}, {len(pairs)} prompts x {pairs.encode(model.tokenizer).seq_len} tokens, device {device}", flush=True)
+    enc = pairs.encode(model.tokenizer).to(device)
+    metric = tl_metric(enc)
+
+    def tl_run(fn):
+        def go():
+            _, cache = model.run_with_cache(enc.clean)
+            return fn(model, enc.corrupt, cache, metric)
+
+        return go
+
+    def ours(over, per_position=False):
+        def go():
+            clear_cache()
+            patcher = Patcher(model, pairs)
+            return Sweeper(patcher, budget_bytes=budget).sweep(over, "denoise", per_position=per_position)
+
+        return go
+
+    results = {}
+    for name, over, per_position, tl_fn in (
+        ("head sweep (all positions)", "heads", False, tl.get_act_patch_attn_head_out_all_pos),
+        ("MLP sweep (per position)", "mlps", True, tl.get_act_patch_mlp_out),
+        ("residual sweep (per position)", "resid", True, tl.get_act_patch_resid_pre),
+    ):
+        memory = {}
+        with peak_memory(device, memory):
+            result, t_ours = timed(ours(over, per_position), device)
+        results[over] = (result, t_ours)
+        if skip_tl:
+            print(f"{name:<34} ours {t_ours:8.2f}s  peak {memory['peak'] / 2**20:7.1f} MiB", flush=True)
+            continue
+        expected, t_tl = timed(tl_run(tl_fn), device)
+        diff = float((result.patched - expected.to(result.patched.dtype).cpu()).abs().max())
+        line(name, t_ours, t_tl, diff, f"  peak {memory['peak'] / 2**20:7.1f} MiB")
+        if over == "heads":
+            results["tl_heads_time"] = t_tl
+
+    patcher = Patcher(model, pairs)
+    patcher.baselines()
+    attribution, t_attr = timed(lambda: Attributor(patcher).attribute("heads"), device)
+    agreement = compare(attribution, results["heads"][0], k=10)
+    if not skip_tl:
+        line("attribution over heads", t_attr, results["tl_heads_time"], extra=f"  (vs exact: spearman {agreement['spearman']:.2f}, top-10 overlap {agreement['top_k_overlap']:.1f})")
+
+    shape = patcher.shape
+    g = torch.Generator().manual_seed(2)
+    claims = []
+    for _ in range(20):
+        layer = int(torch.randint(shape.n_layers, (1,), generator=g))
+        heads = torch.randperm(shape.n_heads, generator=g)[:3].tolist()
+        claims.append(" ".join(f"L{layer}H{h}" for h in heads) + f" MLP{layer}")
+
+    def session():
+        clear_cache()
+        shared = Patcher(model, pairs)
+        return [shared.denoise(c).score for c in claims]
+
+    def per_claim():
+        return [Patcher(model, pairs).denoise(c).score for c in claims]
+
+    shared_scores, t_session = timed(session, device)
+    fresh_scores, t_fresh = timed(per_claim, device)
+    assert max(abs(a - b) for a, b in zip(shared_scores, fresh_scores)) < 1e-5
+    print(f"{'20-claim session':<34} one cache {t_session:8.2f}s  recomputed per claim {t_fresh:8.2f}s  speed-up {t_fresh / t_session:6.1f}x", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="a small model instead of the GPT-2-small-sized one")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument("--budget-mb", type=int, default=1024, help="activation memory one batched sweep forward may use")
+    parser.add_argument("--no-toys", action="store_true")
+    args = parser.parse_args()
+    torch.set_grad_enabled(True)
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    model = gpt2_small(args.device, args.quick)
+    pairs = random_pairs(model.cfg.d_vocab, args.prompts, args.seq, args.device)
+    bench_model("GPT-2-small-sized random model", model, pairs, args.device, args.budget_mb << 20)
+    if not args.no_toys:
+        from pytest_circuits.toys import induction, redundant
+
+        for name, toy in (("toy:induction", induction), ("toy:redundant", redundant)):
+            bench_model(name, toy.load(device=args.device), toy.prompt_pairs(), args.device, args.budget_mb << 20)
+
+
+if __name__ == "__main__":
+    main()
