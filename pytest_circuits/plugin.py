@@ -174,6 +174,13 @@ class CircuitsState:
             self._patchers[key] = Patcher(model, pairs, ablation=ablation)
         return self._patchers[key]
 
+    def sweep_progress(self, done: int, total: int) -> None:
+        """Progress of long sweeps: a line at most every 2 seconds, and one at the end."""
+        now = time.perf_counter()
+        if done >= total or now - getattr(self, "_last_progress", 0.0) >= 2.0:
+            self._last_progress = now
+            self._progress(f"pytest-circuits: sweep {done}/{total} patched configurations")
+
     def _progress(self, message: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and self.config.get_verbosity() >= 0:
@@ -347,7 +354,7 @@ def circuits(request, circuit_model, prompt_pairs):
     marker = request.node.get_closest_marker("circuit")
     circuit = list(marker.args) if marker and marker.args else None  # nodes or edges, one or several args
     try:
-        return CircuitSession(circuit_model, prompt_pairs, circuit, patchers=state.patcher)
+        return CircuitSession(circuit_model, prompt_pairs, circuit, patchers=state.patcher, progress=state.sweep_progress)
     except CircuitError as error:
         pytest.fail(f"pytest-circuits: circuit marker: {error}", pytrace=False)
 

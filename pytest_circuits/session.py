@@ -31,6 +31,7 @@ class CircuitSession:
         metric="logit_diff",
         ablation: str = "corrupt",
         patchers: Optional[Callable[[object, PromptPairs, str], Patcher]] = None,
+        progress=False,
     ):
         self.model = model
         self.pairs = pairs
@@ -38,6 +39,7 @@ class CircuitSession:
         self.metric = metric
         self.ablation = ablation
         self._patchers = patchers or patcher
+        self.progress = progress  # for sweeps: False, True (a bar on stderr) or callback(done, total)
 
     def patcher(self, ablation: Optional[str] = None) -> Patcher:
         """The shared ``Patcher`` (cached clean/corrupt runs) for this model, prompts and ablation."""
@@ -52,6 +54,22 @@ class CircuitSession:
 
     def circuit_only(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None) -> PatchResult:
         return self._measured("circuit_only", circuit, metric, ablation)
+
+    # -- exploring: every component at once, on the same cached runs --------------------------------
+    def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, **options):
+        """Exact scores of every head / MLP / neuron / residual position (``pytest_circuits.sweep``)."""
+        from .sweep import Sweeper
+
+        options.setdefault("progress", self.progress)
+        budget = options.pop("budget_bytes", None)
+        sweeper = Sweeper(self.patcher(ablation)) if budget is None else Sweeper(self.patcher(ablation), budget)
+        return sweeper.sweep(over, mode, metric=metric or self.metric, **options)
+
+    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None):
+        """First-order estimates of every component's score (``pytest_circuits.attribution``)."""
+        from .attribution import Attributor
+
+        return Attributor(self.patcher(ablation)).attribute(over, mode, metric=metric or self.metric)
 
     # -- claims ------------------------------------------------------------------------------------
     def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None) -> PatchResult:

@@ -369,3 +369,27 @@ def test_a_bad_circuit_marker_is_reported_plainly(pytester):
     result = run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*'L0H9': head 9 is out of range: the model has 1 layers (0-0), 3 heads per layer (0-2)*"])
+
+
+def test_sweeps_and_claims_share_one_cache_per_session(pytester):
+    pytester.makepyfile(
+        f"""
+        import pytest
+        pytestmark = pytest.mark.circuit_model("{REDUNDANT}")
+
+        def test_claims(circuits):
+            for head in ("L0H0", "L0H1", "L0H2"):
+                circuits.denoise(head)
+            assert circuits.patcher().forward_passes == 2 + 3  # the two cached runs, then one per claim
+
+        def test_sweep_reuses_them(circuits):
+            before = circuits.patcher().forward_passes
+            result = circuits.sweep("heads", "noise")
+            assert result.scores.shape == (1, 3)
+            assert float(result.scores[0, 0]) == pytest.approx(circuits.noise("L0H0").score, abs=1e-5)
+            assert circuits.attribute("heads").scores.shape == (1, 3)
+        """
+    )
+    result = run(pytester, "-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*pytest-circuits: sweep 3/3 patched configurations*"])
