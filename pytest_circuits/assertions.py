@@ -47,19 +47,34 @@ def validate_threshold(value, name: str = "threshold") -> float:
     return float(value)
 
 
-def check(result: PatchResult, threshold: Optional[float]) -> PatchResult:
-    """Announce the claim; raise ``AssertionError`` explaining ``result`` unless it reaches ``threshold``."""
-    claim = announce(Claim(result, threshold))
-    if claim.holds is not False:
-        return result
+def failure_message(result: PatchResult, threshold: float) -> str:
+    """What a reader of a CI log needs: what was patched how, baselines, score vs threshold, spread."""
     passing = sum(value >= threshold for value in result.per_prompt)
     above_one = "  (above 1: components working against the metric were left out)\n" if result.score > 1 else ""
-    raise AssertionError(
+    return (
         f"circuit claim failed: {result.circuit} {FAILURES[result.kind]} on {result.metric}\n"
         f"{result.summary(with_score=False)}\n{above_one}"
         f"  {result.score_name} {fixed(result.score)} < threshold {threshold:g} "
         f"({passing}/{result.n_prompts} prompts reach it on their own)"
     )
+
+
+def check(result: PatchResult, threshold: Optional[float], snapshot=None) -> PatchResult:
+    """Announce the claim; raise ``AssertionError`` unless it reaches ``threshold`` and, when a
+    ``snapshot`` (e.g. ``circuit_snapshot``) is given, matches it. Both are always checked, so a
+    failing claim on a new checkpoint also shows which numbers moved."""
+    problems = []
+    compared = None
+    if snapshot is not None:
+        compared = "matches" if snapshot == result else "changed"
+        if compared == "changed":
+            problems.append("snapshot changed:\n" + "\n".join(f"  {line}" for line in snapshot.get_assert_diff()))
+    claim = announce(Claim(result, threshold, compared))
+    if claim.holds is False:
+        problems.insert(0, failure_message(result, threshold))
+    if problems:
+        raise AssertionError("\n".join(problems))
+    return result
 
 
 def assert_sufficient(model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:

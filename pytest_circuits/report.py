@@ -29,6 +29,7 @@ class ClaimRow:
     score: float
     threshold: Optional[float]
     verdict: str
+    snapshot: Optional[str]
     clean: float
     corrupt: float
     patched: float
@@ -49,6 +50,7 @@ class ClaimRow:
             score=result.score,
             threshold=claim.threshold,
             verdict=claim.verdict,
+            snapshot=claim.snapshot,
             clean=result.clean,
             corrupt=result.corrupt,
             patched=result.patched,
@@ -70,7 +72,7 @@ def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 6
         circuit = _cut(row.circuit, circuit_width)
         path, sep, name = row.test.partition("::")
         test = _cut(path.rsplit("/", 1)[-1] + sep + name, test_width)
-        flag = "  (>1: negative components left out?)" if row.score > 1 and row.kind != "noise" else ""
+        flag = "  (>1: negative components left out?)" if row.score > 1.01 and row.kind != "noise" else ""
         cells.append(
             (
                 test,

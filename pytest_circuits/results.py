@@ -118,6 +118,7 @@ class Claim:
 
     result: PatchResult
     threshold: Optional[float] = None
+    snapshot: Optional[str] = None  # "matches" or "changed" when compared with a snapshot
 
     @property
     def holds(self) -> Optional[bool]:
@@ -125,4 +126,5 @@ class Claim:
 
     @property
     def verdict(self) -> str:
-        return {None: "measured", True: "holds", False: "FAILS"}[self.holds]
+        verdict = {None: "measured", True: "holds", False: "FAILS"}[self.holds]
+        return verdict + (", snapshot changed" if self.snapshot == "changed" else "")

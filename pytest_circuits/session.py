@@ -72,17 +72,18 @@ class CircuitSession:
         return Attributor(self.patcher(ablation)).attribute(over, mode, metric=metric or self.metric)
 
     # -- claims ------------------------------------------------------------------------------------
-    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None) -> PatchResult:
+    # ``snapshot=circuit_snapshot`` also compares the result with its snapshot (see ``check``).
+    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
         """Denoising the circuit recovers at least ``threshold`` (default 0.9)."""
-        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation)
+        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation, snapshot)
 
-    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None) -> PatchResult:
+    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
         """Noising the circuit destroys at least ``threshold`` (default 0.5)."""
-        return self._claim("noise", circuit, threshold, 0.5, metric, ablation)
+        return self._claim("noise", circuit, threshold, 0.5, metric, ablation, snapshot)
 
-    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None) -> PatchResult:
+    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
         """The circuit alone, everything else corrupted, recovers at least ``fraction`` (default 0.9)."""
-        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation)
+        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _circuit(self, circuit) -> Circuit:
@@ -100,8 +101,8 @@ class CircuitSession:
         announce(Claim(result, None))
         return result
 
-    def _claim(self, kind, circuit, threshold, default, metric, ablation) -> PatchResult:
+    def _claim(self, kind, circuit, threshold, default, metric, ablation, snapshot) -> PatchResult:
         if isinstance(circuit, Real) and not isinstance(circuit, bool) and threshold is None:
             circuit, threshold = None, circuit  # claims.assert_recovers(0.9) on the bound circuit
         threshold = validate_threshold(default if threshold is None else threshold)
-        return check(self._measure(kind, circuit, metric, ablation), threshold)
+        return check(self._measure(kind, circuit, metric, ablation), threshold, snapshot)

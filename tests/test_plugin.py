@@ -1,6 +1,8 @@
 """The plugin in real pytest sessions (pytester): options, fixtures, markers, hooks, snapshots, report."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +15,10 @@ def _heavy_imports_outside_pytester():
     lazy imports in the next run; importing them here keeps them for every run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from pytest_circuits.toys import redundant
+    from pytest_circuits.toys import induction, redundant
 
     redundant.load()
+    induction.load()
 
 CLAIMS = """
 import pytest
@@ -393,3 +396,42 @@ def test_sweeps_and_claims_share_one_cache_per_session(pytester):
     result = run(pytester, "-s")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*pytest-circuits: sweep 3/3 patched configurations*"])
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_checkpoints_rerun_the_example_claims_and_show_what_moved(pytester):
+    """The real induction toy passes; a copy with its induction head zeroed fails, the report says
+    which claims, the failures show the snapshot numbers that moved, and no snapshot is rewritten."""
+    from pytest_circuits.toys import induction
+
+    shutil.copy(EXAMPLES / "test_induction_circuit.py", pytester.path)
+    shutil.copy(EXAMPLES / "pytest.ini", pytester.path)
+    shutil.copytree(EXAMPLES / "__snapshots__" / "test_induction_circuit", pytester.path / "__snapshots__" / "test_induction_circuit")
+    snapshots = {p: p.read_bytes() for p in (pytester.path / "__snapshots__").rglob("*.txt")}
+    induction.save_checkpoint(pytester.path / "damaged", zero_heads=induction.CIRCUIT["induction"])
+
+    result = run(pytester, "--circuits-checkpoint", "toy:induction", "--circuits-checkpoint", "./damaged", "--circuits-report", "report.json")
+
+    result.assert_outcomes(passed=5, failed=3)
+    failed = sorted(r.nodeid.split("::")[-1] for r in result.reprec.getfailures() if r.when == "call")
+    assert failed == [
+        "test_induction_head_is_sufficient[damaged]",
+        "test_previous_token_head_is_necessary[damaged]",
+        "test_the_circuit_recovers_the_behaviour[damaged]",
+    ]
+    result.stdout.fnmatch_lines(["*circuit claim failed: L1H1 is not sufficient on logit_diff*", "*snapshot changed:*", "*numbers that moved beyond*", "*recovered: 1.00011 → 0 (moved -1*"])
+    report = json.loads((pytester.path / "report.json").read_text())
+    verdicts = {(row["test"].split("::")[-1], row["checkpoint"]): row["verdict"] for row in report["claims"] if row["threshold"] is not None}
+    assert verdicts == {
+        ("test_previous_token_head_is_necessary[toy:induction]", "toy:induction"): "holds",
+        ("test_induction_head_is_sufficient[toy:induction]", "toy:induction"): "holds",
+        ("test_the_circuit_recovers_the_behaviour[toy:induction]", "toy:induction"): "holds",
+        # on the damaged copy the gap is tiny: ratios may still clear a threshold, the numbers moved
+        ("test_previous_token_head_is_necessary[damaged]", "damaged"): "holds, snapshot changed",
+        ("test_induction_head_is_sufficient[damaged]", "damaged"): "FAILS, snapshot changed",
+        ("test_the_circuit_recovers_the_behaviour[damaged]", "damaged"): "holds, snapshot changed",
+    }
+    assert report["meta"]["checkpoints"] == ["toy:induction", "./damaged"]
+    assert {p: p.read_bytes() for p in (pytester.path / "__snapshots__").rglob("*.txt")} == snapshots
