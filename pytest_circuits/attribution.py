@@ -39,7 +39,7 @@ class EdgeScores:
 
     def to_text(self) -> str:
         score_name = "recovered" if self.mode == "denoise" else "damage"
-        lines = [f"attribution: edges", f"mode: {self.mode}", f"metric: {self.metric}"]
+        lines = ["attribution: edges", f"mode: {self.mode}", f"metric: {self.metric}"]
         lines += [f"{score_name}[{edge}]: {float(score):.6g}" for edge, score in zip(self.edges, self.scores)]
         return "\n".join(lines) + "\n"
 
@@ -70,8 +70,8 @@ class Attributor:
         sign = 1.0 if mode == "denoise" else -1.0  # damage is minus the change
         if over == "edges":
             return self._edges(grads, base, source, sign / gap, mode, metric.name)
-        base_values = self.patcher._activations(base, sites)
-        source_values = self.patcher._activations("clean", sites) if source == "clean" else self.patcher._corrupted_values(sites)
+        base_values = self.patcher.activations(base, sites)
+        source_values = self.patcher.activations("clean", sites) if source == "clean" else self.patcher.corrupted_values(sites)
         rows = []
         for site in sites:
             diff = (source_values[site] - base_values[site]).to(grads[site].dtype) * grads[site]
@@ -117,7 +117,7 @@ class Attributor:
         tokens = self.pairs.clean if base == "clean" else self.pairs.corrupt
         with torch.enable_grad():
             logits, _ = self.backend.run(tokens, patches={site: keep(site) for site in sites}, split_inputs=split_inputs, grad=True)
-            reference = self.patcher._answer("clean") if metric.needs_clean else None
+            reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
             # the metric's function itself, so its value stays differentiable
             at = logits if not metric.at_answer else logits[torch.arange(self.pairs.n_prompts), self.pairs.answer_positions]
             out = metric.fn(at, self.pairs, reference=reference) if metric.needs_clean else metric.fn(at, self.pairs)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from .edges import Edge, Receiver, edge_graph
-from .nodes import WILDCARD, CircuitError, ModelShape, Node, Position
+from .nodes import WILDCARD, CircuitError, ModelShape, Node
 
 __all__ = ["Circuit", "CircuitError", "CircuitLike", "Edge", "ModelShape", "Node", "Receiver", "WILDCARD"]
 

@@ -75,12 +75,12 @@ class Patcher:
         resolved = circuit.resolve(self.shape)
         if resolved.is_edges:
             tokens, plan = edge_plan(self, kind, resolved)
-            logits = self._edges().logits(tokens, plan)
+            logits = self.edge_patcher().logits(tokens, plan)
         else:
             tokens, plan = self._plan(kind, resolved)
             logits = self._patched_logits(tokens, plan)
         clean, corrupt = self.baselines(metric)
-        patched = self._metric(metric, logits)
+        patched = self.metric_values(metric, logits)
         return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name)
 
     def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -88,10 +88,10 @@ class Patcher:
         metric = get_metric(metric)
         if metric not in self._baselines:
             clean_logits, corrupt_logits = self._run_logits("clean", metric), self._run_logits("corrupt", metric)
-            self._baselines[metric] = (self._metric(metric, clean_logits), self._metric(metric, corrupt_logits))
+            self._baselines[metric] = (self.metric_values(metric, clean_logits), self.metric_values(metric, corrupt_logits))
         return self._baselines[metric]
 
-    def _edges(self) -> EdgePatcher:
+    def edge_patcher(self) -> EdgePatcher:
         if self._edge_patcher is None:
             self._edge_patcher = EdgePatcher(self)
         return self._edge_patcher
@@ -163,20 +163,20 @@ class Patcher:
 
     def _sourced(self, masks: Dict[Site, torch.Tensor], source: str) -> List[Tuple[Site, torch.Tensor, torch.Tensor]]:
         masks = {site: mask for site, mask in sorted(masks.items()) if bool(mask.any())}
-        values = self._activations("clean", masks) if source == "clean" else self._corrupted_values(masks)
+        values = self.activations("clean", masks) if source == "clean" else self.corrupted_values(masks)
         return [(site, mask, values[site]) for site, mask in masks.items()]
 
     # -- values -------------------------------------------------------------------------------
-    def _corrupted_values(self, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
+    def corrupted_values(self, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
         """What each site's nodes carry when corrupted, by ablation."""
         if self.ablation == "zero":
-            return {site: torch.zeros_like(act) for site, act in self._activations("clean", sites).items()}
-        corrupt = self._activations("corrupt", sites)
+            return {site: torch.zeros_like(act) for site, act in self.activations("clean", sites).items()}
+        corrupt = self.activations("corrupt", sites)
         if self.ablation == "corrupt":
             return corrupt
         return {site: _mean_over_prompts(act, self.pairs) for site, act in corrupt.items()}
 
-    def _activations(self, run: str, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
+    def activations(self, run: str, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
         """Sites' values on the unpatched clean or corrupt prompts.
 
         The first pass of a run keeps every node write the size of the residual stream (embedding,
@@ -207,16 +207,16 @@ class Patcher:
         if run == "corrupt" and self.ablation != "corrupt":
             return self._patched_logits(self.pairs.clean, self._sourced(self._masks(None, ()), "corrupted"))
         if metric.at_answer:
-            return self._answer(run)
+            return self.run_answer_logits(run)
         tokens = self.pairs.clean if run == "clean" else self.pairs.corrupt
         logits, _ = self.backend.run(tokens)
         self.forward_passes += 1
         return logits
 
-    def _answer(self, run: str) -> torch.Tensor:
+    def run_answer_logits(self, run: str) -> torch.Tensor:
         """Answer-position logits of an unpatched run (captured with its activations)."""
         if run not in self._answer_logits:
-            self._activations(run, ())
+            self.activations(run, ())
         return self._answer_logits[run]
 
     def _patched_logits(self, tokens: torch.Tensor, plan) -> torch.Tensor:
@@ -227,8 +227,8 @@ class Patcher:
         self.forward_passes += 1
         return logits
 
-    def _metric(self, metric: Metric, logits: torch.Tensor) -> torch.Tensor:
-        reference = self._answer("clean") if metric.needs_clean else None
+    def metric_values(self, metric: Metric, logits: torch.Tensor) -> torch.Tensor:
+        reference = self.run_answer_logits("clean") if metric.needs_clean else None
         return metric(logits, self.pairs, reference=reference)
 
 

@@ -142,7 +142,7 @@ class EdgePatcher:
         if source not in self._writes:
             sites = [Site("embed")] + [Site("head", l) for l in range(self.shape.n_layers)]
             sites += [Site("mlp", l) for l in range(self.shape.n_layers)] if self.shape.d_mlp else []
-            values = self.patcher._activations("clean", sites) if source == "clean" else self.patcher._corrupted_values(sites)
+            values = self.patcher.activations("clean", sites) if source == "clean" else self.patcher.corrupted_values(sites)
             writes = [values[Site("embed")][None]]
             for layer in range(self.shape.n_layers):
                 writes.append(self.backend.head_writes(layer, values[Site("head", layer)]).permute(2, 0, 1, 3))

@@ -196,18 +196,18 @@ class Sweeper:
         return 4 * b * p * per_token
 
     def _width(self) -> int:
-        return int(self.patcher._activations("clean", [Site("embed")])[Site("embed")].shape[-1])
+        return int(self.patcher.activations("clean", [Site("embed")])[Site("embed")].shape[-1])
 
     # -- running a chunk -----------------------------------------------------------------------
     def _values(self, run: str, sites):
         if run == "corrupted":
-            return self.patcher._corrupted_values(sites)
-        return self.patcher._activations(run, sites)
+            return self.patcher.corrupted_values(sites)
+        return self.patcher.activations(run, sites)
 
     def _stream(self, run: str, layer: int) -> torch.Tensor:
         """The residual stream entering ``layer`` (after the last layer: the final stream)."""
         site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
-        return self.patcher._activations(run, [site])[site]
+        return self.patcher.activations(run, [site])[site]
 
     def _run_chunk(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
         k = len(configs)
@@ -259,7 +259,7 @@ class Sweeper:
         b = self.pairs.n_prompts
         k = final.shape[0] // b
         final = final.view(k, b, *final.shape[1:])
-        reference = self.patcher._answer("clean") if metric.needs_clean else None
+        reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
         if not metric.at_answer:
             logits = self.backend.unembed(final)
             return torch.stack([metric(logits[i], self.pairs) for i in range(k)])

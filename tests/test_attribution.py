@@ -1,7 +1,6 @@
 """Attribution patching: a first-order Taylor estimate, checked against finite differences."""
 
 import pytest
-import torch
 from random_models import random_gpt2, random_pairs
 
 from pytest_circuits import Node, Patcher, get_metric
@@ -34,7 +33,7 @@ def directional(patcher, base: str, site: Site, change, select=lambda act: act):
             return act
 
         logits, _ = patcher.backend.run(tokens, patches={site: patch}, split_inputs=site.kind.endswith("_input") or site.kind == "mlp_in")
-        return float(patcher._metric(get_metric("logit_diff"), logits).mean())
+        return float(patcher.metric_values(get_metric("logit_diff"), logits).mean())
 
     return (run(EPS) - run(-EPS)) / (2 * EPS) / gap
 
@@ -46,13 +45,13 @@ def test_head_and_mlp_and_neuron_estimates_are_first_order_effects(setup, mode):
     other = "clean" if mode == "denoise" else "corrupt"
     sign = 1 if mode == "denoise" else -1
     heads, mlps, neurons = (attributor.attribute(over, mode) for over in ("heads", "mlps", "neurons"))
-    z = {run: patcher._activations(run, [Site("head", 1)])[Site("head", 1)] for run in ("clean", "corrupt")}
+    z = {run: patcher.activations(run, [Site("head", 1)])[Site("head", 1)] for run in ("clean", "corrupt")}
     expected = directional(patcher, base, Site("head", 1), (z[other] - z[base])[:, :, 2], lambda act: act[:, :, 2])
     assert float(heads.scores[1, 2]) == pytest.approx(sign * expected, abs=1e-5)
-    out = {run: patcher._activations(run, [Site("mlp", 0)])[Site("mlp", 0)] for run in ("clean", "corrupt")}
+    out = {run: patcher.activations(run, [Site("mlp", 0)])[Site("mlp", 0)] for run in ("clean", "corrupt")}
     expected = directional(patcher, base, Site("mlp", 0), out[other] - out[base])
     assert float(mlps.scores[0]) == pytest.approx(sign * expected, abs=1e-5)
-    post = {run: patcher._activations(run, [Site("neuron", 2)])[Site("neuron", 2)] for run in ("clean", "corrupt")}
+    post = {run: patcher.activations(run, [Site("neuron", 2)])[Site("neuron", 2)] for run in ("clean", "corrupt")}
     expected = directional(patcher, base, Site("neuron", 2), (post[other] - post[base])[:, :, 7], lambda act: act[:, :, 7])
     assert float(neurons.scores[2, 7]) == pytest.approx(sign * expected, abs=1e-5)
 
@@ -60,7 +59,7 @@ def test_head_and_mlp_and_neuron_estimates_are_first_order_effects(setup, mode):
 def test_edge_estimates_are_first_order_effects_at_the_receiver_input(setup):
     patcher, attributor = setup
     edges = dict(attributor.attribute("edges", "denoise").top(400))
-    writes = patcher._edges()
+    writes = patcher.edge_patcher()
     index = SenderIndex(patcher.shape)
     change = writes.sender_writes("clean") - writes.sender_writes("corrupt")
     head_change = change[index.of(Node("head", 0, 3))]

@@ -8,7 +8,7 @@ from random_models import random_gpt2, random_pairs
 from reference_paths import Gpt2Reference
 from transformer_lens import patching as tl_patching
 
-from pytest_circuits import BackendError, Circuit, CircuitError, ModelShape, Patcher, PromptPairs
+from pytest_circuits import BackendError, Circuit, CircuitError, ModelShape, Patcher
 
 SHAPE = ModelShape(n_layers=3, n_heads=2, d_mlp=8, d_vocab=40)
 

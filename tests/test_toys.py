@@ -100,10 +100,10 @@ def test_induction_heads_attend_as_named(induction_toy):
     enc = pairs.encode()
     _, cache = model.run_with_cache(enc.clean)
     (previous,), (head,) = induction.CIRCUIT["previous_token"], induction.CIRCUIT["induction"]
-    prev_pattern = cache[f"blocks.0.attn.hook_pattern"][:, int(previous[3:])]  # [b, q, k]
+    prev_pattern = cache["blocks.0.attn.hook_pattern"][:, int(previous[3:])]  # [b, q, k]
     positions = torch.arange(1, enc.seq_len)
     assert prev_pattern[:, positions, positions - 1].mean() > 0.8
-    ind_pattern = cache[f"blocks.1.attn.hook_pattern"][:, int(head[3:])]
+    ind_pattern = cache["blocks.1.attn.hook_pattern"][:, int(head[3:])]
     segment = (enc.seq_len - 1) * 2 // 3  # <bos> + segment (8) + repeat (4)
     last = enc.seq_len - 1
     assert ind_pattern[:, last, last - segment + 1].mean() > 0.8  # the word after the earlier occurrence

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 SPECIAL_TOKENS = ("<bos>", "<pad>", "<unk>")
 
 
