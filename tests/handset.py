@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pytest_circuits.toys import _gpt2
+from pytest_circuits.toys._handset import layout, ln_scale, read
 
 COLOURS = ("red", "blue")
 FILLERS = ("the", "cat", "sat", "on", "mat", "dog")
@@ -65,17 +66,9 @@ M_CLEAN = -M_CORRUPT
 
 def _dims() -> dict[str, int]:
     """Residual layout: an always-zero dim, token and position one-hots, a (+, -) pair per component."""
-    labels = ["zero", *(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
+    labels = [*(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
     labels += [f"{k}:{sign}" for k in CONTRIBUTIONS for sign in "+-"]
-    labels += [f"pad:{i}" for i in range(-len(labels) % N_HEADS)]
-    return {label: i for i, label in enumerate(labels)}
-
-
-def _read(col: torch.Tensor, dims: dict[str, int], scale: float, coeffs: dict[str, float]) -> None:
-    """Make ``col @ LayerNorm(x)`` equal ``sum(c * x[label])`` (x one-hot coded, known LN scale)."""
-    for label, c in coeffs.items():
-        col[dims[label]] += scale * c
-    col[dims["zero"]] -= scale * sum(coeffs.values())
+    return layout(labels, N_HEADS)
 
 
 def _build(composed: bool):
@@ -93,7 +86,7 @@ def _build(composed: bool):
     eps = config.layer_norm_epsilon
 
     def scale(ones: int) -> float:  # LayerNorm divisor for `ones` one-hot entries in d dims
-        return math.sqrt(ones / d - (ones / d) ** 2 + eps)
+        return ln_scale(ones, d, eps)
 
     tok = {t: i for i, t in enumerate(VOCAB)}
     blocks = hf.transformer.h
@@ -113,9 +106,9 @@ def _build(composed: bool):
             w, b = attn.c_attn.weight, attn.c_attn.bias
             q, k, v = h * d_head, d + h * d_head, 2 * d + h * d_head
             b[q] = SCORE_GAP * math.sqrt(d_head)
-            _read(w[:, k], dims, ln, {"pos:1": 1.0})
-            _read(w[:, v], dims, ln, {plus: 1.0})
-            _read(w[:, v + 1], dims, ln, {minus: 1.0})
+            read(w[:, k], dims, ln, {"pos:1": 1.0})
+            read(w[:, v], dims, ln, {plus: 1.0})
+            read(w[:, v + 1], dims, ln, {minus: 1.0})
             attn.c_proj.weight[h * d_head, dims[f"{name}:+"]] = 1.0
             attn.c_proj.weight[h * d_head + 1, dims[f"{name}:-"]] = 1.0
 
@@ -123,7 +116,7 @@ def _build(composed: bool):
             head(0, h, f"L0H{h}", scale(2), "tok:red", "tok:blue")
         mlp = blocks[0].mlp  # reads token + position + 3 head pairs
         for n in range(2):
-            _read(mlp.c_fc.weight[:, n], dims, scale(5), {"tok:red": 1.0, "tok:blue": -1.0})
+            read(mlp.c_fc.weight[:, n], dims, scale(5), {"tok:red": 1.0, "tok:blue": -1.0})
             mlp.c_fc.bias[n] = 2.0  # 3 on red, 1 on blue: one-hot pair out = ((a-1)/2, (3-a)/2)
             mlp.c_proj.weight[n, dims[f"L0N{n}:+"]] = 0.5
             mlp.c_proj.weight[n, dims[f"L0N{n}:-"]] = -0.5
@@ -135,7 +128,7 @@ def _build(composed: bool):
 
         red = hf.lm_head.weight[tok["red"]]  # final input: the above + the L1H0 pair
         coeffs = {f"{k}:{sign}": c / 4 * (1 if sign == "+" else -1) for k, c in CONTRIBUTIONS.items() for sign in "+-"}
-        _read(red, dims, scale(8), coeffs)
+        read(red, dims, scale(8), coeffs)
         hf.lm_head.weight[tok["blue"]] = -red
     return hf
 

@@ -80,6 +80,7 @@ import math
 import torch
 
 from . import _gpt2
+from ._handset import layout, ln_scale, read
 
 FIRST = "Nobel"
 SECOND = "Peace"
@@ -107,23 +108,9 @@ CIRCUIT: dict[str, list[str]] = {
 
 def _dims() -> dict[str, int]:
     """Residual-stream layout: one always-zero dim, then one-hot blocks, padded for the heads."""
-    labels = ["zero", *(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
+    labels = [*(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
     labels += ["H0:nobel", "H0:other", "M1:prize", "M1:noprize"]
-    labels += [f"pad:{i}" for i in range(-len(labels) % N_HEADS)]
-    return {label: i for i, label in enumerate(labels)}
-
-
-def _ln_scale(ones: int, d: int, eps: float) -> float:
-    """LayerNorm's divisor for a vector with ``ones`` entries equal to 1 and the rest 0."""
-    mean = ones / d
-    return math.sqrt(mean - mean * mean + eps)
-
-
-def _read(col: torch.Tensor, dims: dict[str, int], scale: float, coeffs: dict[str, float]) -> None:
-    """Make ``col @ LayerNorm(x)`` equal ``sum(c * x[label])``: fold the scale, cancel the mean."""
-    for label, c in coeffs.items():
-        col[dims[label]] += scale * c
-    col[dims["zero"]] -= scale * sum(coeffs.values())
+    return layout(labels, N_HEADS)
 
 
 def tokenizer():
@@ -146,9 +133,9 @@ def _build():
     )
     hf = GPT2LMHeadModel(config)
     eps = config.layer_norm_epsilon
-    ln_embed = _ln_scale(2, d, eps)  # token + position
-    ln_layer1 = _ln_scale(3, d, eps)  # + L0H0's pair (MLP0 and the other heads write nothing)
-    ln_final = _ln_scale(4, d, eps)  # + MLP1's pair
+    ln_embed = ln_scale(2, d, eps)  # token + position
+    ln_layer1 = ln_scale(3, d, eps)  # + L0H0's pair (MLP0 and the other heads write nothing)
+    ln_final = ln_scale(4, d, eps)  # + MLP1's pair
     tok = {t: i for i, t in enumerate(VOCAB)}
 
     with torch.no_grad():
@@ -168,25 +155,25 @@ def _build():
         w_qkv, b_qkv, w_o = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight  # (in, out) layouts
         q, k, v = HEAD * d_head, d + HEAD * d_head, 2 * d + HEAD * d_head
         for p in range(N_CTX):
-            _read(w_qkv[:, q + p], dims, ln_embed, {f"pos:{p}": SCORE_GAP * math.sqrt(d_head)})
+            read(w_qkv[:, q + p], dims, ln_embed, {f"pos:{p}": SCORE_GAP * math.sqrt(d_head)})
             if p + 1 < N_CTX:
-                _read(w_qkv[:, k + p + 1], dims, ln_embed, {f"pos:{p}": 1.0})
-        _read(w_qkv[:, v], dims, ln_embed, {f"tok:{FIRST}": 1.0})  # H0:nobel
+                read(w_qkv[:, k + p + 1], dims, ln_embed, {f"pos:{p}": 1.0})
+        read(w_qkv[:, v], dims, ln_embed, {f"tok:{FIRST}": 1.0})  # H0:nobel
         b_qkv[v + 1] = 1.0  # H0:other = 1 - [token is Nobel]
-        _read(w_qkv[:, v + 1], dims, ln_embed, {f"tok:{FIRST}": -1.0})
+        read(w_qkv[:, v + 1], dims, ln_embed, {f"tok:{FIRST}": -1.0})
         w_o[HEAD * d_head, dims["H0:nobel"]] = 1.0
         w_o[HEAD * d_head + 1, dims["H0:other"]] = 1.0
 
         # L1N42 = relu(2 * saw Nobel + 2 * is Peace - 3), written as a one-hot pair with MLP1's bias.
         mlp = hf.transformer.h[1].mlp
         w_in, b_in, w_out, b_out = mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias
-        _read(w_in[:, NEURON], dims, ln_layer1, {"H0:nobel": 2.0, f"tok:{SECOND}": 2.0})
+        read(w_in[:, NEURON], dims, ln_layer1, {"H0:nobel": 2.0, f"tok:{SECOND}": 2.0})
         b_in[NEURON] = -3.0
         w_out[NEURON, dims["M1:prize"]] = 1.0
         w_out[NEURON, dims["M1:noprize"]] = -1.0
         b_out[dims["M1:noprize"]] = 1.0
 
-        _read(hf.lm_head.weight[tok[ANSWERS[0]]], dims, ln_final, {"M1:prize": PRIZE_GAIN})
+        read(hf.lm_head.weight[tok[ANSWERS[0]]], dims, ln_final, {"M1:prize": PRIZE_GAIN})
     return hf
 
 

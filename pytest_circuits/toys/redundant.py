@@ -58,6 +58,7 @@ import math
 import torch
 
 from . import _gpt2
+from ._handset import layout, ln_scale, read
 
 NAMES = ("alice", "bob", "carol", "dave")
 NOBODIES = ("someone", "nobody", "everyone")
@@ -78,24 +79,10 @@ _SLOTS = NAMES + ("other",)  # what a copying head can report
 
 def _dims() -> dict[str, int]:
     """Residual-stream layout: one always-zero dim, then one-hot blocks, padded for the heads."""
-    labels = ["zero", *(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
+    labels = [*(f"tok:{t}" for t in VOCAB), *(f"pos:{p}" for p in range(N_CTX))]
     labels += [f"H{h}:{s}" for h in range(N_HEADS) for s in _SLOTS]
     labels += [f"gate:{s}" for s in (*NAMES, "none")]
-    labels += [f"pad:{i}" for i in range(-len(labels) % N_HEADS)]
-    return {label: i for i, label in enumerate(labels)}
-
-
-def _ln_scale(ones: int, d: int, eps: float) -> float:
-    """LayerNorm's divisor for a vector with ``ones`` entries equal to 1 and the rest 0."""
-    mean = ones / d
-    return math.sqrt(mean - mean * mean + eps)
-
-
-def _read(col: torch.Tensor, dims: dict[str, int], scale: float, coeffs: dict[str, float]) -> None:
-    """Make ``col @ LayerNorm(x)`` equal ``sum(c * x[label])``: fold the scale, cancel the mean."""
-    for label, c in coeffs.items():
-        col[dims[label]] += scale * c
-    col[dims["zero"]] -= scale * sum(coeffs.values())
+    return layout(labels, N_HEADS)
 
 
 def tokenizer():
@@ -117,9 +104,9 @@ def _build():
     )
     hf = GPT2LMHeadModel(config)
     eps = config.layer_norm_epsilon
-    ln1 = _ln_scale(2, d, eps)  # token + position
-    ln2 = _ln_scale(2 + N_HEADS, d, eps)  # + one slot per head
-    lnf = _ln_scale(3 + N_HEADS, d, eps)  # + one gate slot
+    ln1 = ln_scale(2, d, eps)  # token + position
+    ln2 = ln_scale(2 + N_HEADS, d, eps)  # + one slot per head
+    lnf = ln_scale(3 + N_HEADS, d, eps)  # + one gate slot
     tok = {t: i for i, t in enumerate(VOCAB)}
 
     with torch.no_grad():
@@ -137,11 +124,11 @@ def _build():
         for h in range(N_HEADS):
             q, k, v = h * d_head, d + h * d_head, 2 * d + h * d_head
             b_qkv[q] = SCORE_GAP * math.sqrt(d_head)  # constant query ...
-            _read(w_qkv[:, k], dims, ln1, {"pos:1": 1.0})  # ... meets the key of position 1 only
+            read(w_qkv[:, k], dims, ln1, {"pos:1": 1.0})  # ... meets the key of position 1 only
             for j, name in enumerate(NAMES):
-                _read(w_qkv[:, v + j], dims, ln1, {f"tok:{name}": 1.0})
+                read(w_qkv[:, v + j], dims, ln1, {f"tok:{name}": 1.0})
             b_qkv[v + len(NAMES)] = 1.0  # "other" = 1 - [first word is a name]
-            _read(w_qkv[:, v + len(NAMES)], dims, ln1, {f"tok:{name}": -1.0 for name in NAMES})
+            read(w_qkv[:, v + len(NAMES)], dims, ln1, {f"tok:{name}": -1.0 for name in NAMES})
             for j, slot in enumerate(_SLOTS):
                 w_o[h * d_head + j, dims[f"H{h}:{slot}"]] = 1.0
 
@@ -149,18 +136,18 @@ def _build():
         w_in, b_in, w_out = mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight
         for j, name in enumerate(NAMES):
             either = {f"H0:{name}": 1.0, f"H1:{name}": 1.0}
-            _read(w_in[:, j], dims, ln2, either)  # L0N{j}: relu(count)
-            _read(w_in[:, len(NAMES) + j], dims, ln2, either)  # L0N{4+j}: relu(count - 1)
+            read(w_in[:, j], dims, ln2, either)  # L0N{j}: relu(count)
+            read(w_in[:, len(NAMES) + j], dims, ln2, either)  # L0N{4+j}: relu(count - 1)
             b_in[len(NAMES) + j] = -1.0
             w_out[j, dims[f"gate:{name}"]] = 1.0
             w_out[len(NAMES) + j, dims[f"gate:{name}"]] = -1.0  # difference = min(count, 1)
         none = 2 * len(NAMES)
-        _read(w_in[:, none], dims, ln2, {"H0:other": 1.0, "H1:other": 1.0})  # L0N8: both saw no name
+        read(w_in[:, none], dims, ln2, {"H0:other": 1.0, "H1:other": 1.0})  # L0N8: both saw no name
         b_in[none] = -1.0
         w_out[none, dims["gate:none"]] = 1.0
 
         for name in NAMES:
-            _read(hf.lm_head.weight[tok[name]], dims, lnf, {f"gate:{name}": GATE_GAIN, f"H2:{name}": -NEG_GAIN})
+            read(hf.lm_head.weight[tok[name]], dims, lnf, {f"gate:{name}": GATE_GAIN, f"H2:{name}": -NEG_GAIN})
     return hf
 
 
