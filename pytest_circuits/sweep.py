@@ -178,13 +178,15 @@ class Sweeper:
         return jobs
 
     def _chunks(self, jobs, over: str):
-        """Indices of jobs per layer, split to fit the memory budget."""
+        """Indices of jobs per layer, split to fit the memory budget; per-position jobs also in
+        quarters of the sequence, so each chunk recomputes only from its first position on."""
         per_config = self._bytes_per_config()
         size = max(1, int(self.budget // per_config))
-        by_layer = {}
-        for i, (layer, _) in enumerate(jobs):
-            by_layer.setdefault(layer, []).append(i)
-        for layer, indices in by_layer.items():
+        quarter = max(1, -(-self.pairs.seq_len // 4))
+        groups = {}
+        for i, (layer, (_, pos)) in enumerate(jobs):
+            groups.setdefault((layer, -1 if pos is None else pos // quarter), []).append(i)
+        for (layer, _), indices in groups.items():
             for start in range(0, len(indices), size):
                 yield layer, indices[start : start + size]
 
@@ -205,30 +207,30 @@ class Sweeper:
         return self.patcher.activations(run, sites)
 
     def _stream(self, run: str, layer: int) -> torch.Tensor:
-        """The residual stream entering ``layer`` (after the last layer: the final stream)."""
+        """The residual stream entering ``layer`` (at ``n_layers``: the final stream)."""
         site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
         return self.patcher.activations(run, [site])[site]
 
     def _run_chunk(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
+        """Final residual streams ``[k*b, pos, d]`` of the chunk's patched runs."""
         k = len(configs)
         b, p = self.pairs.clean.shape
         positions = self._position_masks(configs)  # [k, b, p] or None
+        start = self._first_changed(configs)
         if over == "heads":
             heads = torch.tensor([c for c, _ in configs], device=self.pairs.clean.device)
-            src = self._values(source, [Site("head", layer)])[Site("head", layer)]
+            src = self._values(source, [Site("head", layer)])[Site("head", layer)][:, start:]
 
             def patch(z):
-                z = z.clone().view(k, b, p, *z.shape[2:])
+                z = z.clone().view(k, b, *z.shape[1:])
                 z[torch.arange(k), :, :, heads] = src[:, :, heads].permute(2, 0, 1, 3).to(z.dtype)
-                return z.view(k * b, p, *z.shape[3:])
+                return z.view(k * b, *z.shape[2:])
 
-            resid = self._stream(base, layer).repeat(k, 1, 1)
-            return self.backend.run_from(resid, layer, {Site("head", layer): patch})
+            return self._resume(base, layer, self._stream(base, layer)[None].expand(k, -1, -1, -1), start, patch)
         if over == "resid":
             resid = self._stream(base, layer)
             src = self._values(source, [Site("resid_pre", layer)])[Site("resid_pre", layer)]
-            patched = torch.where(positions[..., None], src[None], resid[None])
-            return self.backend.run_from(patched.reshape(k * b, p, -1), layer)
+            return self._resume(base, layer, torch.where(positions[..., None], src[None], resid[None]), start)
         # MLPs and neurons: add the change of the write to the stream after the layer, resume from the next
         after = self._stream(base, layer + 1)
         if over == "mlps":
@@ -241,8 +243,39 @@ class Sweeper:
             change = (self._values(source, [site])[site] - self._values(base, [site])[site])[:, :, neurons]  # [b, p, k]
             directions = self.backend.neuron_directions(layer, neurons).to(change.dtype)  # [k, d]
             delta = change.permute(2, 0, 1)[..., None] * directions[:, None, None, :]
-        patched = (after[None] + delta.to(after.dtype)).reshape(k * b, p, -1)
-        return self.backend.run_from(patched, layer + 1)
+        return self._resume(base, layer + 1, after[None] + delta.to(after.dtype), start)
+
+    def _resume(self, base: str, layer: int, streams: torch.Tensor, start: int, patch_z=None) -> torch.Tensor:
+        """Run ``streams`` ([k, b, pos, d], entering ``layer``) to the end; positions before
+        ``start`` equal the base run, so where the backend can, only the rest is recomputed."""
+        k, b, p, d = streams.shape
+        if not getattr(self.backend, "resumes_suffix", False):
+            patches = {Site("head", layer): patch_z} if patch_z else None
+            return self.backend.run_from(streams.reshape(k * b, p, d), layer, patches)
+        final = self._stream(base, self.shape.n_layers)[None].repeat(k, 1, 1, 1)
+        if layer < self.shape.n_layers:
+            prefix = [self._stream(base, j)[:, :start] for j in range(layer, self.shape.n_layers)]
+            suffix = streams[:, :, start:].reshape(k * b, p - start, d)
+            final[:, :, start:] = self.backend.run_suffix(layer, prefix, suffix, patch_z).view(k, b, p - start, d)
+        else:
+            final[:, :, start:] = streams[:, :, start:]
+        return final.view(k * b, p, d)
+
+    def _first_changed(self, configs) -> int:
+        """The first position any of these patches can change: before it, every patched run equals
+        the base run (causality). Corrupt-run values equal clean ones before the first token where
+        the prompts differ; a per-position patch changes nothing before its position."""
+        if not getattr(self.backend, "resumes_suffix", False):
+            return 0
+        value_start = self._first_difference if self.patcher.ablation == "corrupt" else 0
+        if all(pos is None for _, pos in configs):
+            return value_start
+        return max(value_start, min(pos for _, pos in configs))
+
+    @property
+    def _first_difference(self) -> int:
+        differs = (self.pairs.clean != self.pairs.corrupt).any(0).nonzero()
+        return int(differs[0]) if len(differs) else self.pairs.seq_len
 
     def _position_masks(self, configs) -> Optional[torch.Tensor]:
         if all(pos is None for _, pos in configs):

@@ -101,3 +101,34 @@ def test_denoise_sweeps_need_the_corrupt_prompts(setup):
         sweep(model, pairs, "heads", "denoise", ablation="mean")
     mean = sweep(model, pairs, "heads", "noise", ablation="mean")
     assert float(mean.scores[0, 1]) == pytest.approx(Patcher(model, pairs, ablation="mean").noise("L0H1").score, abs=1e-5)
+
+
+def test_the_suffix_fast_path_equals_running_the_blocks():
+    from pytest_circuits.backends import Site, backend_for
+
+    model = random_gpt2(seed=3, n_layer=3)
+    backend = backend_for(model)
+    assert backend.resumes_suffix
+    tokens = torch.randint(3, 40, (4, 9), generator=torch.Generator().manual_seed(0))
+    _, cache = backend.run(tokens, capture=[Site("resid_pre", l) for l in range(3)])
+    for layer in range(3):
+        stream = cache[Site("resid_pre", layer)] * 1.1  # a changed stream, as a patch would make
+        stream[:, :4] = cache[Site("resid_pre", layer)][:, :4]  # ... from position 4 on
+        full = backend.run_from(stream, layer)
+        prefix = [cache[Site("resid_pre", j)][:, :4] for j in range(layer, 3)]
+        torch.testing.assert_close(backend.run_suffix(layer, prefix, stream[:, 4:]), full[:, 4:], atol=1e-4, rtol=1e-5)
+
+
+def test_sweeps_on_models_without_the_fast_path_run_whole_blocks():
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch.manual_seed(0)
+    model = TransformerBridge.boot_native(TransformerBridgeConfig(d_model=16, d_head=8, n_layers=2, n_ctx=8, n_heads=2, d_vocab=40))
+    pairs = random_pairs(n=3, seq=6)
+    patcher = Patcher(model, pairs)
+    assert not patcher.backend.resumes_suffix
+    result = Sweeper(patcher).sweep("heads", "denoise")
+    assert float(result.scores[1, 0]) == pytest.approx(patcher.denoise("L1H0").score, abs=1e-5)
+    result = Sweeper(patcher).sweep("resid", "noise")
+    assert result.scores.shape == (2, 6)

@@ -135,6 +135,59 @@ class TransformerLensBackend:
                 resid = out[0] if isinstance(out, tuple) else out
         return resid
 
+    @property
+    def resumes_suffix(self) -> bool:
+        """Whether ``run_suffix`` can compute only the positions a patch changes: GPT-2-style
+        pre-LN blocks with learned absolute positions (attention reads no position but its keys')."""
+        cfg = self.model.cfg
+        blocks = getattr(self.model, "blocks", [])
+        return (
+            len(blocks) > 0
+            and all(type(getattr(b, "_original_component", None)).__name__ == "GPT2Block" for b in blocks)
+            and getattr(cfg, "positional_embedding_type", "standard") == "standard"
+            and not getattr(cfg, "parallel_attn_mlp", False)
+            and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+        )
+
+    def run_suffix(self, layer: int, prefix: list, suffix: torch.Tensor, patch_z: Optional[Patch] = None) -> torch.Tensor:
+        """The final residual stream at the suffix positions of a forward resumed at ``layer``.
+
+        Causality makes positions before the first changed one equal to the base run in every
+        later layer, so only the suffix is recomputed: ``prefix[j]`` ([b, start, d]) is the base
+        run's stream entering layer ``layer + j`` at the prefix positions (its keys and values are
+        read from it), ``suffix`` ([k*b, s, d]) the patched stream at the later positions.
+        ``patch_z`` may replace the suffix's per-head outputs at ``layer`` ([k*b, s, head, d_head]).
+        """
+        with torch.no_grad():
+            x = suffix.to(self.device)
+            for offset, block in enumerate(self.model.blocks[layer:]):
+                x = self._suffix_block(block, prefix[offset], x, patch_z if offset == 0 else None)
+        return x
+
+    def _suffix_block(self, block, prefix: torch.Tensor, x: torch.Tensor, patch_z) -> torch.Tensor:
+        attn, mlp = block.attn, block.mlp
+        ln1 = block.ln1._original_component
+        ln2 = block.ln2._original_component
+        copies = x.shape[0] // max(prefix.shape[0], 1)
+        start, length = prefix.shape[1], x.shape[1]
+
+        def project(stream, W, b):  # [n, pos, d] -> [n, head, pos, d_head]
+            return (torch.einsum("npd,hde->nhpe", stream, W) + b[None, :, None, :]).to(stream.dtype)
+
+        normed, normed_prefix = ln1(x), ln1(prefix)
+        q = project(normed, attn.W_Q, attn.b_Q)
+        k = torch.cat([project(normed_prefix, attn.W_K, attn.b_K).repeat(copies, 1, 1, 1), project(normed, attn.W_K, attn.b_K)], dim=2)
+        v = torch.cat([project(normed_prefix, attn.W_V, attn.b_V).repeat(copies, 1, 1, 1), project(normed, attn.W_V, attn.b_V)], dim=2)
+        scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
+        visible = torch.arange(start + length, device=x.device)[None, :] <= torch.arange(start, start + length, device=x.device)[:, None]
+        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+        z = (scores.softmax(-1) @ v).transpose(1, 2)  # [n, pos, head, d_head]
+        if patch_z is not None:
+            z = patch_z(z)
+        x = x + torch.einsum("nphe,hed->npd", z, attn.W_O) + attn.b_O
+        act = mlp._original_component.act
+        return x + act(ln2(x) @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
+
     def unembed(self, resid: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits from final residual vectors ``[..., d]``: all of them, or only ``columns`` (token ids)."""
         final = self.model.ln_final
