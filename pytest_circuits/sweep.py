@@ -133,7 +133,7 @@ class Sweeper:
         done = 0
         with torch.no_grad():
             for layer, chunk in self._chunks(jobs, over):
-                final = self._run_chunk(over, layer, [jobs[i][1] for i in chunk], base, source)
+                final = self._run_chunk(over, layer, [jobs[i][1] for i in chunk], base, source, metric.at_answer)
                 values[chunk] = self._metric(metric, final)
                 done += len(chunk)
                 report(done, len(jobs))
@@ -211,8 +211,9 @@ class Sweeper:
         site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
         return self.patcher.activations(run, [site])[site]
 
-    def _run_chunk(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
-        """Final residual streams ``[k*b, pos, d]`` of the chunk's patched runs."""
+    def _run_chunk(self, over: str, layer: int, configs, base: str, source: str, answers: bool) -> torch.Tensor:
+        """Final residual streams ``[k*b, pos, d]`` of the chunk's patched runs (``[k*b, d]`` at the
+        answer positions when ``answers`` and the backend can skip the rest)."""
         k = len(configs)
         b, p = self.pairs.clean.shape
         positions = self._position_masks(configs)  # [k, b, p] or None
@@ -226,11 +227,11 @@ class Sweeper:
                 z[torch.arange(k), :, :, heads] = src[:, :, heads].permute(2, 0, 1, 3).to(z.dtype)
                 return z.view(k * b, *z.shape[2:])
 
-            return self._resume(base, layer, self._stream(base, layer)[None].expand(k, -1, -1, -1), start, patch)
+            return self._resume(base, layer, self._stream(base, layer)[None].expand(k, -1, -1, -1), start, answers, patch)
         if over == "resid":
             resid = self._stream(base, layer)
             src = self._values(source, [Site("resid_pre", layer)])[Site("resid_pre", layer)]
-            return self._resume(base, layer, torch.where(positions[..., None], src[None], resid[None]), start)
+            return self._resume(base, layer, torch.where(positions[..., None], src[None], resid[None]), start, answers)
         # MLPs and neurons: add the change of the write to the stream after the layer, resume from the next
         after = self._stream(base, layer + 1)
         if over == "mlps":
@@ -243,15 +244,18 @@ class Sweeper:
             change = (self._values(source, [site])[site] - self._values(base, [site])[site])[:, :, neurons]  # [b, p, k]
             directions = self.backend.neuron_directions(layer, neurons).to(change.dtype)  # [k, d]
             delta = change.permute(2, 0, 1)[..., None] * directions[:, None, None, :]
-        return self._resume(base, layer + 1, after[None] + delta.to(after.dtype), start)
+        return self._resume(base, layer + 1, after[None] + delta.to(after.dtype), start, answers)
 
-    def _resume(self, base: str, layer: int, streams: torch.Tensor, start: int, patch_z=None) -> torch.Tensor:
+    def _resume(self, base: str, layer: int, streams: torch.Tensor, start: int, answers: bool, patch_z=None) -> torch.Tensor:
         """Run ``streams`` ([k, b, pos, d], entering ``layer``) to the end; positions before
-        ``start`` equal the base run, so where the backend can, only the rest is recomputed."""
+        ``start`` equal the base run, so where the backend can, only the rest is recomputed, and
+        with ``answers`` only the answer rows of the last block ([k*b, d])."""
         k, b, p, d = streams.shape
         if not getattr(self.backend, "resumes_suffix", False):
             patches = {Site("head", layer): patch_z} if patch_z else None
             return self.backend.run_from(streams.reshape(k * b, p, d), layer, patches)
+        if answers:
+            return self._resume_answers(base, layer, streams, start, patch_z)
         final = self._stream(base, self.shape.n_layers)[None].repeat(k, 1, 1, 1)
         if layer < self.shape.n_layers:
             prefix = [self._stream(base, j)[:, :start] for j in range(layer, self.shape.n_layers)]
@@ -260,6 +264,20 @@ class Sweeper:
         else:
             final[:, :, start:] = streams[:, :, start:]
         return final.view(k * b, p, d)
+
+    def _resume_answers(self, base: str, layer: int, streams: torch.Tensor, start: int, patch_z) -> torch.Tensor:
+        k, b, p, d = streams.shape
+        at = self.pairs.answer_positions
+        rows = torch.arange(b, device=at.device)
+        final = self._stream(base, self.shape.n_layers)[rows, at][None].repeat(k, 1, 1)  # [k, b, d]
+        changed = (at >= start)[None, :, None]  # answers before ``start`` keep the base run's value
+        if layer >= self.shape.n_layers:
+            return torch.where(changed, streams[:, rows, at], final).reshape(k * b, d)
+        prefix = [self._stream(base, j)[:, :start] for j in range(layer, self.shape.n_layers)]
+        suffix = streams[:, :, start:].reshape(k * b, p - start, d)
+        read = (at - start).clamp(min=0).repeat(k)
+        out = self.backend.run_suffix(layer, prefix, suffix, patch_z, read=read).view(k, b, d)
+        return torch.where(changed, out, final).reshape(k * b, d)
 
     def _first_changed(self, configs) -> int:
         """The first position any of these patches can change: before it, every patched run equals
@@ -288,7 +306,8 @@ class Sweeper:
 
     # -- reading the metric --------------------------------------------------------------------
     def _metric(self, metric: Metric, final: torch.Tensor) -> torch.Tensor:
-        """Per-config, per-prompt metric values ``[k, b]`` from final residual streams ``[k*b, p, d]``."""
+        """Per-config, per-prompt metric values ``[k, b]`` from final residual streams ``[k*b, p, d]``
+        (or ``[k*b, d]``, already at the answer positions)."""
         b = self.pairs.n_prompts
         k = final.shape[0] // b
         final = final.view(k, b, *final.shape[1:])
@@ -296,7 +315,7 @@ class Sweeper:
         if not metric.at_answer:
             logits = self.backend.unembed(final)
             return torch.stack([metric(logits[i], self.pairs) for i in range(k)])
-        at = final[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, d]
+        at = final if final.ndim == 3 else final[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, d]
         columns = metric.reads(self.pairs) if metric.reads else None
         if columns is None:
             logits = self.backend.unembed(at)

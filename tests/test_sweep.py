@@ -117,6 +117,9 @@ def test_the_suffix_fast_path_equals_running_the_blocks():
         full = backend.run_from(stream, layer)
         prefix = [cache[Site("resid_pre", j)][:, :4] for j in range(layer, 3)]
         torch.testing.assert_close(backend.run_suffix(layer, prefix, stream[:, 4:]), full[:, 4:], atol=1e-4, rtol=1e-5)
+        read = torch.tensor([4, 0, 2, 3])  # one suffix row per sequence: the last block computes only these
+        rows = backend.run_suffix(layer, prefix, stream[:, 4:], read=read)
+        torch.testing.assert_close(rows, full[torch.arange(4), 4 + read], atol=1e-4, rtol=1e-5)
 
 
 def test_sweeps_on_models_without_the_fast_path_run_whole_blocks():

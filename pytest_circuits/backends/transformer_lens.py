@@ -149,7 +149,14 @@ class TransformerLensBackend:
             and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
         )
 
-    def run_suffix(self, layer: int, prefix: list, suffix: torch.Tensor, patch_z: Optional[Patch] = None) -> torch.Tensor:
+    def run_suffix(
+        self,
+        layer: int,
+        prefix: list,
+        suffix: torch.Tensor,
+        patch_z: Optional[Patch] = None,
+        read: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """The final residual stream at the suffix positions of a forward resumed at ``layer``.
 
         Causality makes positions before the first changed one equal to the base run in every
@@ -157,30 +164,45 @@ class TransformerLensBackend:
         run's stream entering layer ``layer + j`` at the prefix positions (its keys and values are
         read from it), ``suffix`` ([k*b, s, d]) the patched stream at the later positions.
         ``patch_z`` may replace the suffix's per-head outputs at ``layer`` ([k*b, s, head, d_head]).
+        With ``read`` ([k*b] suffix positions), the last block computes only those rows: [k*b, d].
         """
+        blocks = self.model.blocks[layer:]
         with torch.no_grad():
             x = suffix.to(self.device)
-            for offset, block in enumerate(self.model.blocks[layer:]):
-                x = self._suffix_block(block, prefix[offset], x, patch_z if offset == 0 else None)
+            reduced = False
+            for offset, block in enumerate(blocks):
+                z_patch = patch_z if offset == 0 else None
+                reduced = read is not None and offset == len(blocks) - 1 and z_patch is None
+                x = self._suffix_block(block, prefix[offset], x, z_patch, read.to(x.device) if reduced else None)
+            if reduced:
+                return x[:, 0]
+            if read is not None:
+                return x[torch.arange(len(read), device=x.device), read.to(x.device)]
         return x
 
-    def _suffix_block(self, block, prefix: torch.Tensor, x: torch.Tensor, patch_z) -> torch.Tensor:
+    def _suffix_block(self, block, prefix: torch.Tensor, x: torch.Tensor, patch_z, read) -> torch.Tensor:
+        """One GPT-2 block on the suffix ``x`` ([n, s, d]), keys and values of the prefix from
+        ``prefix`` ([b, start, d], shared by the n = copies * b rows); ``read`` keeps only one
+        row per sequence after the block (the others' queries and MLP are never computed)."""
         attn, mlp = block.attn, block.mlp
-        ln1 = block.ln1._original_component
-        ln2 = block.ln2._original_component
+        ln1, ln2 = block.ln1._original_component, block.ln2._original_component
         copies = x.shape[0] // max(prefix.shape[0], 1)
         start, length = prefix.shape[1], x.shape[1]
 
         def project(stream, W, b):  # [n, pos, d] -> [n, head, pos, d_head]
-            return (torch.einsum("npd,hde->nhpe", stream, W) + b[None, :, None, :]).to(stream.dtype)
+            return torch.einsum("npd,hde->nhpe", stream, W) + b[None, :, None, :]
 
         normed, normed_prefix = ln1(x), ln1(prefix)
-        q = project(normed, attn.W_Q, attn.b_Q)
         k = torch.cat([project(normed_prefix, attn.W_K, attn.b_K).repeat(copies, 1, 1, 1), project(normed, attn.W_K, attn.b_K)], dim=2)
         v = torch.cat([project(normed_prefix, attn.W_V, attn.b_V).repeat(copies, 1, 1, 1), project(normed, attn.W_V, attn.b_V)], dim=2)
+        queries = torch.arange(start, start + length, device=x.device).expand(x.shape[0], -1)  # absolute positions
+        if read is not None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            x, normed, queries = x[rows, read][:, None], normed[rows, read][:, None], queries[rows, read][:, None]
+        q = project(normed, attn.W_Q, attn.b_Q)
         scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
-        visible = torch.arange(start + length, device=x.device)[None, :] <= torch.arange(start, start + length, device=x.device)[:, None]
-        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+        visible = torch.arange(start + length, device=x.device)[None, None, :] <= queries[:, :, None]  # [n, query, key]
+        scores = scores.masked_fill(~visible[:, None], torch.finfo(scores.dtype).min)
         z = (scores.softmax(-1) @ v).transpose(1, 2)  # [n, pos, head, d_head]
         if patch_z is not None:
             z = patch_z(z)
