@@ -79,7 +79,7 @@ class Attributor:
                 rows.append(diff.sum().reshape(1))
             else:  # heads [b, p, H, dh] and neurons [b, p, N]: sum all but the component
                 rows.append(diff.sum(dim=(0, 1)).reshape(diff.shape[2], -1).sum(-1))
-        scores = torch.stack(rows).to(torch.float64) * sign / gap
+        scores = torch.stack(rows).to(torch.float64).cpu() * sign / gap
         axes = {"heads": ("layer", "head"), "mlps": ("layer",), "neurons": ("layer", "neuron")}[over]
         scores = scores.reshape(-1) if over == "mlps" else scores
         estimated = float(corrupt.mean()) + scores * gap if mode == "denoise" else float(clean.mean()) - scores * gap

@@ -131,10 +131,15 @@ class Sweeper:
         report = _progress(progress, f"{mode} sweep over {over}")
         values = torch.empty(len(jobs), self.pairs.n_prompts, dtype=torch.float64)
         done = 0
+        unpatched = (corrupt if mode == "denoise" else clean).to(values.dtype).cpu()
         with torch.no_grad():
             for layer, chunk in self._chunks(jobs, over):
-                final = self._run_chunk(over, layer, [jobs[i][1] for i in chunk], base, source, metric.at_answer)
-                values[chunk] = self._metric(metric, final)
+                configs = [jobs[i][1] for i in chunk]
+                if all(self._changes_nothing(config) for config in configs):
+                    values[chunk] = unpatched  # the patched values equal the base run's
+                else:
+                    final = self._run_chunk(over, layer, configs, base, source, metric.at_answer)
+                    values[chunk] = self._metric(metric, final).cpu()
                 done += len(chunk)
                 report(done, len(jobs))
         gap = float(clean.mean() - corrupt.mean())
@@ -278,6 +283,12 @@ class Sweeper:
         read = (at - start).clamp(min=0).repeat(k)
         out = self.backend.run_suffix(layer, prefix, suffix, patch_z, read=read).view(k, b, d)
         return torch.where(changed, out, final).reshape(k * b, d)
+
+    def _changes_nothing(self, config) -> bool:
+        """A per-position patch before the first token where the prompts differ replaces a value by
+        an equal one (causality), so its run is the base run."""
+        _, position = config
+        return position is not None and self.patcher.ablation == "corrupt" and position < self._first_difference
 
     def _first_changed(self, configs) -> int:
         """The first position any of these patches can change: before it, every patched run equals
