@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pytest_circuits import Patcher, PromptPairs, clear_cache  # noqa: E402
 from pytest_circuits.attribution import Attributor, compare  # noqa: E402
-from pytest_circuits.sweep import Sweeper  # noqa: E402
+from pytest_circuits.sweeps import Sweeper  # noqa: E402
 from pytest_circuits.toys import _gpt2  # noqa: E402
 
 

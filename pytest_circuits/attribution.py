@@ -19,7 +19,7 @@ from .edges import Edge, edge_graph
 from .metrics import get_metric
 from .patching import Patcher, patcher as cached_patcher
 from .paths import SenderIndex
-from .sweep import SweepResult
+from .sweeps import SweepResult
 
 ATTRIBUTE_OVER = ("heads", "mlps", "neurons", "edges")
 

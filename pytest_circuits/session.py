@@ -57,8 +57,8 @@ class CircuitSession:
 
     # -- exploring: every component at once, on the same cached runs --------------------------------
     def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, **options):
-        """Exact scores of every head / MLP / neuron / residual position (``pytest_circuits.sweep``)."""
-        from .sweep import Sweeper
+        """Exact scores of every head / MLP / neuron / residual position (``pytest_circuits.sweeps``)."""
+        from .sweeps import Sweeper
 
         options.setdefault("progress", self.progress)
         budget = options.pop("budget_bytes", None)

@@ -7,7 +7,7 @@ from pytest_circuits import Node, Patcher, get_metric
 from pytest_circuits.attribution import Attributor, compare
 from pytest_circuits.backends import Site
 from pytest_circuits.paths import SenderIndex
-from pytest_circuits.sweep import Sweeper
+from pytest_circuits.sweeps import Sweeper
 
 EPS = 1e-4
 

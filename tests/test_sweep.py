@@ -6,7 +6,7 @@ from random_models import random_gpt2, random_pairs
 from transformer_lens import patching as tl_patching
 
 from pytest_circuits import Patcher, PatchingError
-from pytest_circuits.sweep import Sweeper, sweep
+from pytest_circuits.sweeps import Sweeper, sweep
 
 
 @pytest.fixture(scope="module")
