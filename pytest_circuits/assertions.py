@@ -1,7 +1,8 @@
 """The three claims: thin wrappers that measure, compare with a threshold and explain a failure.
 
 Each returns the measured ``PatchResult`` when the claim holds (so it can be snapshotted) and
-raises ``AssertionError`` otherwise, with a message a reader of a CI log understands without the
+raises ``AssertionError`` otherwise (with ``confidence=0.95``: unless the bootstrap lower bound of
+the score clears the threshold), with a message a reader of a CI log understands without the
 code: what was patched in which direction, the baselines, score against threshold, and the spread.
 """
 
@@ -12,6 +13,7 @@ from numbers import Real
 from typing import Callable, List, Optional
 
 from .circuit import CircuitLike
+from .confidence import prompts_needed
 from .patching import patcher
 from .prompts import PromptPairs
 from .results import Claim, PatchResult, fixed
@@ -51,11 +53,20 @@ def failure_message(result: PatchResult, threshold: float) -> str:
     """What a reader of a CI log needs: what was patched how, baselines, score vs threshold, spread."""
     passing = sum(value >= threshold for value in result.per_prompt)
     above_one = "  (above 1: components working against the metric were left out)\n" if result.score > 1 else ""
+    if result.ci is None:
+        verdict = f"  {result.score_name} {fixed(result.score)} < threshold {threshold:g}"
+    else:
+        verdict = (
+            f"  {result.score_name} {fixed(result.score)}, {result.confidence:.0%} lower bound {fixed(result.ci[0])} "
+            f"< threshold {threshold:g}"
+        )
+        needed = prompts_needed(result.n_prompts, result.score, result.ci[0], threshold)
+        if needed is not None:
+            verdict += f"\n  too few prompts for {result.confidence:.0%} confidence: about {needed} are needed (now {result.n_prompts})"
     return (
         f"circuit claim failed: {result.circuit} {FAILURES[result.kind]} on {result.metric}\n"
         f"{result.summary(with_score=False)}\n{above_one}"
-        f"  {result.score_name} {fixed(result.score)} < threshold {threshold:g} "
-        f"({passing}/{result.n_prompts} prompts reach it on their own)"
+        f"{verdict} ({passing}/{result.n_prompts} prompts reach it on their own)"
     )
 
 
@@ -77,19 +88,25 @@ def check(result: PatchResult, threshold: Optional[float], snapshot=None) -> Pat
     return result
 
 
-def assert_sufficient(model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def assert_sufficient(
+    model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt", confidence=None
+) -> PatchResult:
     """Denoising ``circuit`` recovers at least ``threshold`` of the clean-corrupt gap."""
     threshold = validate_threshold(threshold)
-    return check(patcher(model, pairs, ablation).denoise(circuit, metric=metric), threshold)
+    return check(patcher(model, pairs, ablation).denoise(circuit, metric=metric, confidence=confidence), threshold)
 
 
-def assert_necessary(model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.5, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def assert_necessary(
+    model, pairs: PromptPairs, circuit: CircuitLike, threshold: float = 0.5, *, metric="logit_diff", ablation: str = "corrupt", confidence=None
+) -> PatchResult:
     """Noising ``circuit`` destroys at least ``threshold`` of the clean-corrupt gap."""
     threshold = validate_threshold(threshold)
-    return check(patcher(model, pairs, ablation).noise(circuit, metric=metric), threshold)
+    return check(patcher(model, pairs, ablation).noise(circuit, metric=metric, confidence=confidence), threshold)
 
 
-def assert_recovers(model, pairs: PromptPairs, circuit: CircuitLike, fraction: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def assert_recovers(
+    model, pairs: PromptPairs, circuit: CircuitLike, fraction: float = 0.9, *, metric="logit_diff", ablation: str = "corrupt", confidence=None
+) -> PatchResult:
     """``circuit`` alone, everything else corrupted, recovers at least ``fraction`` of the gap."""
     fraction = validate_threshold(fraction, "fraction")
-    return check(patcher(model, pairs, ablation).circuit_only(circuit, metric=metric), fraction)
+    return check(patcher(model, pairs, ablation).circuit_only(circuit, metric=metric, confidence=confidence), fraction)

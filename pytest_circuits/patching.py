@@ -24,6 +24,7 @@ import torch
 
 from .backends import Site, backend_for
 from .circuit import Circuit, CircuitLike, Node
+from .confidence import bootstrap_interval, validate_confidence
 from .metrics import Metric, answer_logits, get_metric
 from .paths import EdgePatcher, edge_plan
 from .prompts import EncodedPairs, PromptPairs
@@ -58,16 +59,18 @@ class Patcher:
         self.forward_passes = 0  # unpatched + patched forwards run so far, for tests and benchmarks
 
     # -- public questions ---------------------------------------------------------------------
-    def denoise(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
-        return self.measure("denoise", circuit, metric=metric)
+    def denoise(self, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:
+        return self.measure("denoise", circuit, metric=metric, confidence=confidence)
 
-    def noise(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
-        return self.measure("noise", circuit, metric=metric)
+    def noise(self, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:
+        return self.measure("noise", circuit, metric=metric, confidence=confidence)
 
-    def circuit_only(self, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
-        return self.measure("circuit_only", circuit, metric=metric)
+    def circuit_only(self, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:
+        return self.measure("circuit_only", circuit, metric=metric, confidence=confidence)
 
-    def measure(self, kind: str, circuit: CircuitLike, *, metric="logit_diff") -> PatchResult:
+    def measure(self, kind: str, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:
+        """``confidence`` (e.g. 0.95) adds a seeded bootstrap interval of the score (``result.ci``)."""
+        confidence = validate_confidence(confidence)
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
         metric = get_metric(metric)
@@ -81,7 +84,7 @@ class Patcher:
             logits = self._patched_logits(tokens, plan)
         clean, corrupt = self.baselines(metric)
         patched = self.metric_values(metric, logits)
-        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name)
+        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name, confidence)
 
     def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-prompt metric on the clean run and the corrupt run (float64, [batch])."""
@@ -259,7 +262,7 @@ def _neuron_layers(nodes: Circuit) -> set:
     return {node.layer for node in nodes if node.kind == "neuron"}
 
 
-def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name) -> PatchResult:
+def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None) -> PatchResult:
     m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
     gap = m_clean - m_corrupt
     if abs(gap) <= 1e-6 * max(1.0, abs(m_clean), abs(m_corrupt)):
@@ -281,6 +284,8 @@ def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name
         ablation=ablation,
         model=model_name,
         per_prompt_metric=tuple(patched.tolist()),
+        ci=None if confidence is None else bootstrap_interval(kind, clean, corrupt, patched, confidence),
+        confidence=confidence,
     )
 
 

@@ -27,6 +27,8 @@ class ClaimRow:
     ablation: str
     score_name: str
     score: float
+    ci_low: Optional[float]
+    ci_high: Optional[float]
     threshold: Optional[float]
     verdict: str
     snapshot: Optional[str]
@@ -48,6 +50,8 @@ class ClaimRow:
             ablation=result.ablation,
             score_name=result.score_name,
             score=result.score,
+            ci_low=None if result.ci is None else result.ci[0],
+            ci_high=None if result.ci is None else result.ci[1],
             threshold=claim.threshold,
             verdict=claim.verdict,
             snapshot=claim.snapshot,
@@ -80,7 +84,7 @@ def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 6
                 row.kind,
                 circuit,
                 row.metric,
-                fixed(row.score),
+                fixed(row.score) + ("" if row.ci_low is None else f" [{fixed(row.ci_low, 3)}, {fixed(row.ci_high, 3)}]"),
                 "-" if row.threshold is None else f"{row.threshold:g}",
                 row.verdict + flag,
             )

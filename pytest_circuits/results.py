@@ -51,6 +51,8 @@ class PatchResult:
     ablation: str = "corrupt"
     model: Optional[str] = None
     per_prompt_metric: Tuple[float, ...] = field(default=(), repr=False)
+    ci: Optional[Tuple[float, float]] = None  # bootstrap interval of the score, when asked for
+    confidence: Optional[float] = None
 
     @property
     def score_name(self) -> str:
@@ -77,6 +79,8 @@ class PatchResult:
             "score": self.score,
             "per_prompt": list(self.per_prompt),
             "per_prompt_metric": list(self.per_prompt_metric),
+            "ci": None if self.ci is None else list(self.ci),
+            "confidence": self.confidence,
         }
 
     def to_text(self) -> str:
@@ -92,6 +96,8 @@ class PatchResult:
             f"patched: {_num(self.patched)}",
             f"{self.score_name}: {_num(self.score)}",
         ]
+        if self.ci is not None:
+            lines += [f"confidence: {self.confidence:g}", f"ci_low: {_num(self.ci[0])}", f"ci_high: {_num(self.ci[1])}"]
         lines += [f"per_prompt[{i}]: {_num(v)}" for i, v in enumerate(self.per_prompt)]
         return "\n".join(lines) + "\n"
 
@@ -105,6 +111,8 @@ class PatchResult:
         ]
         if with_score:
             lines.append(f"  {self.score_name} {fixed(self.score)}")
+        if self.ci is not None:
+            lines.append(f"  {self.confidence:.0%} interval [{fixed(self.ci[0])}, {fixed(self.ci[1])}] (bootstrap over prompts)")
         lines.append(f"  per prompt: min {fixed(low)}, median {fixed(mid)}, max {fixed(high)}")
         return "\n".join(lines)
 
@@ -122,7 +130,11 @@ class Claim:
 
     @property
     def holds(self) -> Optional[bool]:
-        return None if self.threshold is None else self.result.score >= self.threshold
+        """Score at least the threshold; with a confidence interval, its lower bound must be."""
+        if self.threshold is None:
+            return None
+        value = self.result.score if self.result.ci is None else self.result.ci[0]
+        return value >= self.threshold
 
     @property
     def verdict(self) -> str:

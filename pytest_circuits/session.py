@@ -46,14 +46,14 @@ class CircuitSession:
         return self._patchers(self.model, self.pairs, ablation or self.ablation)
 
     # -- measurements (reported, not judged) ---------------------------------------------------
-    def denoise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None) -> PatchResult:
-        return self._measured("denoise", circuit, metric, ablation)
+    def denoise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
+        return self._measured("denoise", circuit, metric, ablation, confidence)
 
-    def noise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None) -> PatchResult:
-        return self._measured("noise", circuit, metric, ablation)
+    def noise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
+        return self._measured("noise", circuit, metric, ablation, confidence)
 
-    def circuit_only(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None) -> PatchResult:
-        return self._measured("circuit_only", circuit, metric, ablation)
+    def circuit_only(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
+        return self._measured("circuit_only", circuit, metric, ablation, confidence)
 
     # -- exploring: every component at once, on the same cached runs --------------------------------
     def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, **options):
@@ -73,17 +73,17 @@ class CircuitSession:
 
     # -- claims ------------------------------------------------------------------------------------
     # ``snapshot=circuit_snapshot`` also compares the result with its snapshot (see ``check``).
-    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
+    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
         """Denoising the circuit recovers at least ``threshold`` (default 0.9)."""
-        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation, snapshot)
+        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation, snapshot, confidence)
 
-    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
+    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
         """Noising the circuit destroys at least ``threshold`` (default 0.5)."""
-        return self._claim("noise", circuit, threshold, 0.5, metric, ablation, snapshot)
+        return self._claim("noise", circuit, threshold, 0.5, metric, ablation, snapshot, confidence)
 
-    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None, snapshot=None) -> PatchResult:
+    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
         """The circuit alone, everything else corrupted, recovers at least ``fraction`` (default 0.9)."""
-        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot)
+        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot, confidence)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _circuit(self, circuit) -> Circuit:
@@ -93,16 +93,16 @@ class CircuitSession:
             return self.circuit
         return Circuit.parse(circuit)
 
-    def _measure(self, kind, circuit, metric, ablation) -> PatchResult:
-        return self.patcher(ablation).measure(kind, self._circuit(circuit), metric=metric or self.metric)
+    def _measure(self, kind, circuit, metric, ablation, confidence=None) -> PatchResult:
+        return self.patcher(ablation).measure(kind, self._circuit(circuit), metric=metric or self.metric, confidence=confidence)
 
-    def _measured(self, kind, circuit, metric, ablation) -> PatchResult:
-        result = self._measure(kind, circuit, metric, ablation)
+    def _measured(self, kind, circuit, metric, ablation, confidence) -> PatchResult:
+        result = self._measure(kind, circuit, metric, ablation, confidence)
         announce(Claim(result, None))
         return result
 
-    def _claim(self, kind, circuit, threshold, default, metric, ablation, snapshot) -> PatchResult:
+    def _claim(self, kind, circuit, threshold, default, metric, ablation, snapshot, confidence) -> PatchResult:
         if isinstance(circuit, Real) and not isinstance(circuit, bool) and threshold is None:
             circuit, threshold = None, circuit  # claims.assert_recovers(0.9) on the bound circuit
         threshold = validate_threshold(default if threshold is None else threshold)
-        return check(self._measure(kind, circuit, metric, ablation), threshold, snapshot)
+        return check(self._measure(kind, circuit, metric, ablation, confidence), threshold, snapshot)

@@ -435,3 +435,19 @@ def test_checkpoints_rerun_the_example_claims_and_show_what_moved(pytester):
     }
     assert report["meta"]["checkpoints"] == ["toy:induction", "./damaged"]
     assert {p: p.read_bytes() for p in (pytester.path / "__snapshots__").rglob("*.txt")} == snapshots
+
+
+def test_confidence_reaches_the_table_and_the_report(pytester):
+    pytester.makepyfile(
+        f"""
+        import pytest
+        pytestmark = pytest.mark.circuit_model("{REDUNDANT}")
+
+        def test_claim(circuits):
+            result = circuits.assert_necessary("L0H0 L0H1", 0.9, confidence=0.95)
+            assert result.ci == pytest.approx((1.5, 1.5), abs=1e-5)
+        """
+    )
+    run(pytester, "--circuits-report", "report.json").stdout.fnmatch_lines(["*noise*L0H0 L0H1*1.5000 [[]1.500, 1.500[]]*0.9*holds*"])
+    row = json.loads((pytester.path / "report.json").read_text())["claims"][0]
+    assert row["ci_low"] == pytest.approx(1.5, abs=1e-5) and row["ci_high"] == pytest.approx(1.5, abs=1e-5)
