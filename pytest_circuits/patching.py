@@ -30,7 +30,7 @@ from .paths import EdgePatcher, edge_plan
 from .prompts import EncodedPairs, PromptPairs
 from .results import PatchResult
 
-ABLATIONS = ("corrupt", "mean", "zero")
+ABLATIONS = ("corrupt", "mean", "zero", "resample")
 KINDS = ("denoise", "noise", "circuit_only")
 
 
@@ -41,9 +41,10 @@ class PatchingError(ValueError):
 class Patcher:
     """Patching questions about one model on one prompt set, sharing the clean and corrupt runs."""
 
-    def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt"):
+    def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt", seed: int = 0):
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+        self.seed = seed  # for ``resample``: which other corrupt prompt each prompt takes values from
         if not isinstance(pairs, PromptPairs):
             raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
         self.model = model
@@ -177,7 +178,18 @@ class Patcher:
         corrupt = self.activations("corrupt", sites)
         if self.ablation == "corrupt":
             return corrupt
+        if self.ablation == "resample":
+            order = self.resample_order
+            return {site: act[order] for site, act in corrupt.items()}
         return {site: _mean_over_prompts(act, self.pairs) for site, act in corrupt.items()}
+
+    @property
+    def resample_order(self) -> torch.Tensor:
+        """For ``resample``: prompt i carries the corrupt values of prompt ``order[i]``, never its
+        own, always one of the same length (so positions align); seeded by ``seed``."""
+        if getattr(self, "_resample_order", None) is None:
+            self._resample_order = _derangement_by_length(self.pairs.lengths.cpu(), self.seed).to(self.pairs.lengths.device)
+        return self._resample_order
 
     def activations(self, run: str, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
         """Sites' values on the unpatched clean or corrupt prompts.
@@ -248,6 +260,27 @@ def _patch(steps):
 
 def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(*mask.shape, *([1] * (like.ndim - mask.ndim)))
+
+
+def _derangement_by_length(lengths: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded permutation without fixed points inside each group of equal-length prompts
+    (Sattolo's algorithm gives a random cycle, hence no prompt maps to itself)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.arange(len(lengths))
+    for length in lengths.unique().tolist():
+        group = (lengths == length).nonzero().flatten().tolist()
+        if len(group) < 2:
+            raise PatchingError(
+                f"resample ablation takes each prompt's corrupted values from another corrupt prompt of the same length, "
+                f"but prompt {group[0]} is the only one with {length} tokens; add a prompt of that length or use ablation='mean'"
+            )
+        cycle = list(group)
+        for i in range(len(cycle) - 1, 0, -1):
+            j = int(torch.randint(i, (1,), generator=generator))
+            cycle[i], cycle[j] = cycle[j], cycle[i]
+        for position, prompt in enumerate(group):
+            order[prompt] = cycle[position]
+    return order
 
 
 def _mean_over_prompts(act: torch.Tensor, pairs: EncodedPairs) -> torch.Tensor:

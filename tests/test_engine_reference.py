@@ -197,3 +197,33 @@ def test_module_functions_reuse_one_patcher(model, pairs):
     pc.circuit_only(model, pairs, "L0H2", metric="kl")
     assert pc.patcher(model, pairs) is first and first.forward_passes == 5
     assert pc.patcher(model, pairs, "mean") is not first
+
+
+def test_resample_ablation_takes_another_corrupt_prompt_of_the_same_length(model):
+    pairs = random_pairs(n=6, lengths=[8, 8, 8, 5, 5, 5])
+    patcher = Patcher(model, pairs, ablation="resample", seed=3)
+    order = patcher.resample_order
+    lengths = pairs.encode().lengths
+    assert all(order[i] != i and lengths[order[i]] == lengths[i] for i in range(6))
+    assert torch.equal(order, Patcher(model, pairs, ablation="resample", seed=3).resample_order)
+    orders = {tuple(Patcher(model, pairs, ablation="resample", seed=seed).resample_order.tolist()) for seed in range(10)}
+    assert len(orders) > 1  # the seed chooses the partners
+
+    enc = pairs.encode()
+    _, corrupt_cache = model.run_with_cache(enc.corrupt)
+
+    def z_fn(z):
+        z = z.clone()
+        z[:, :, 1] = corrupt_cache["blocks.1.attn.hook_z"][order][:, :, 1]
+        return z
+
+    expected = tl_logit_diff(pairs)(hook_run(model, enc.clean, {"blocks.1.attn.hook_z": z_fn}))
+    assert patcher.noise("L1H1").patched == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_resample_needs_two_prompts_of_each_length(model):
+    from pytest_circuits import PatchingError
+
+    pairs = random_pairs(n=3, lengths=[8, 8, 6])
+    with pytest.raises(PatchingError, match="prompt 2 is the only one with 6 tokens"):
+        Patcher(model, pairs, ablation="resample").noise("L0H0")
