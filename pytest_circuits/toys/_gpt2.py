@@ -61,18 +61,9 @@ def gpt2_config(**overrides):
 
 def bridge(hf_model, tokenizer=None, model_name: str = "toy"):
     """Wrap a local ``GPT2LMHeadModel`` as a ``TransformerBridge`` in eval mode."""
-    from transformer_lens.model_bridge.sources import build_bridge_from_module
+    from ..loading import bridge_from_hf
 
-    hf_model.eval()
-    model = build_bridge_from_module(
-        hf_model,
-        "GPT2LMHeadModel",
-        hf_config=hf_model.config,
-        tokenizer=tokenizer,
-        model_name=model_name,
-    )
-    model.eval()
-    return model
+    return bridge_from_hf(hf_model, tokenizer, model_name=model_name)
 
 
 def save_weights(hf_model, folder: Path) -> None:

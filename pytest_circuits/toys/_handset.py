@@ -9,8 +9,11 @@ always-zero dimension) so the mean cancels.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+
+from . import _gpt2
 
 
 def layout(labels: list, n_heads: int) -> dict:
@@ -32,3 +35,15 @@ def read(col: torch.Tensor, dims: dict, scale: float, coeffs: dict) -> None:
     for label, c in coeffs.items():
         col[dims[label]] += scale * c
     col[dims["zero"]] -= scale * sum(coeffs.values())
+
+
+def load_handset(build: Callable, tokenizer, model_name: str, device=None, dtype=None):
+    """Build a hand-set toy's Hugging Face model and wrap it, leaving the caller's RNG alone (the
+    throwaway initialisation before the weights are set draws from it)."""
+    with torch.random.fork_rng():
+        hf = build()
+    if dtype is not None:
+        hf = hf.to(dtype)
+    if device is not None:
+        hf = hf.to(device)
+    return _gpt2.bridge(hf, tokenizer, model_name=model_name)

@@ -58,7 +58,7 @@ import math
 import torch
 
 from . import _gpt2
-from ._handset import layout, ln_scale, read
+from ._handset import layout, ln_scale, load_handset, read
 
 NAMES = ("alice", "bob", "carol", "dave")
 NOBODIES = ("someone", "nobody", "everyone")
@@ -156,13 +156,7 @@ def load(device=None, dtype=None):
 
     Loading leaves the caller's RNG alone (the throwaway init and the bridge both draw from it).
     """
-    with torch.random.fork_rng():
-        hf = _build()
-        if dtype is not None:
-            hf = hf.to(dtype)
-        if device is not None:
-            hf = hf.to(device)
-        return _gpt2.bridge(hf, tokenizer(), model_name="toy:redundant")
+    return load_handset(_build, tokenizer(), "toy:redundant", device, dtype)
 
 
 def _prompt_words(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
