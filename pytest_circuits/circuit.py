@@ -162,7 +162,8 @@ class Circuit:
         if path.suffix == ".json":
             text = json.dumps(data, indent=2) + "\n"
         elif path.suffix == ".toml":
-            lines = [f"name = {json.dumps(self.name)}"] if self.name else []
+            # JSON string escapes are TOML's, as long as characters beyond U+FFFF stay unescaped
+            lines = [f"name = {json.dumps(self.name, ensure_ascii=False)}"] if self.name else []
             key = "edges" if self.edges else "nodes"
             lines.append(f"{key} = [" + ", ".join(json.dumps(n) for n in data[key]) + "]")
             text = "\n".join(lines) + "\n"
@@ -178,7 +179,7 @@ class Circuit:
         if path.suffix not in (".json", ".toml"):
             raise CircuitError(f"cannot load a circuit from {path.name!r}: use a .toml or .json file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except OSError as error:
             raise CircuitError(f"cannot read circuit file {str(path)!r}: {error.strerror}") from None
         if path.suffix == ".json":

@@ -20,12 +20,12 @@ EDGE_SYNTAX = (
     "SENDER -> RECEIVER with senders embed, L{l}H{h}, MLP{l} or a layer L{l}, and receivers "
     "L{l}H{h}[.q|.k|.v], MLP{l}, L{l}N{n} or logits, optionally @position on either end"
 )
-_LAYER_SENDER = re.compile(rf"^L(?P<layer>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")
+_LAYER_SENDER = re.compile(rf"^L(?P<layer>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")
 _RECEIVERS = (
     ("logits", re.compile(rf"^logits(?:@(?P<pos>{_POSITION}))?$")),
-    ("head", re.compile(rf"^L(?P<layer>\d+|\*)H(?P<index>\d+|\*)(?:\.(?P<input>[qkv]))?(?:@(?P<pos>{_POSITION}))?$")),
-    ("neuron", re.compile(rf"^L(?P<layer>\d+|\*)N(?P<index>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-    ("mlp", re.compile(rf"^MLP(?P<layer>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
+    ("head", re.compile(rf"^L(?P<layer>[0-9]{{1,9}}|\*)H(?P<index>[0-9]{{1,9}}|\*)(?:\.(?P<input>[qkv]))?(?:@(?P<pos>{_POSITION}))?$")),
+    ("neuron", re.compile(rf"^L(?P<layer>[0-9]{{1,9}}|\*)N(?P<index>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")),
+    ("mlp", re.compile(rf"^MLP(?P<layer>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")),
 )
 _RECEIVER_ORDER = {"head": 0, "neuron": 1, "mlp": 2}
 
@@ -166,7 +166,8 @@ def _sender_text(sender: Node) -> str:
 
 def _sender_key(sender: Node):
     if sender.kind == "layer":
-        return (1, 10**9 if sender.layer == WILDCARD else sender.layer, 9, 0, (0, 0, ""))
+        # after every head and MLP of the layer; same shape as ``Node.sort_key`` so the two compare
+        return (True, (1, 0) if sender.layer == WILDCARD else (0, sender.layer), 9, (0, 0), (0, 0, ""))
     return sender.sort_key()
 
 

@@ -16,12 +16,12 @@ WILDCARD = "*"
 Position = Union[int, str]
 Index = Union[int, str]  # an int, or WILDCARD before expansion
 
-_POSITION = r"(?:-?\d+|[A-Za-z_][A-Za-z0-9_]*)"
+_POSITION = r"(?:-?[0-9]{1,9}|[A-Za-z_][A-Za-z0-9_]*)"
 _NODE_PATTERNS = (
     ("embed", re.compile(rf"^embed(?:@(?P<pos>{_POSITION}))?$")),
-    ("head", re.compile(rf"^L(?P<layer>\d+|\*)H(?P<index>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-    ("neuron", re.compile(rf"^L(?P<layer>\d+|\*)N(?P<index>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
-    ("mlp", re.compile(rf"^MLP(?P<layer>\d+|\*)(?:@(?P<pos>{_POSITION}))?$")),
+    ("head", re.compile(rf"^L(?P<layer>[0-9]{{1,9}}|\*)H(?P<index>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")),
+    ("neuron", re.compile(rf"^L(?P<layer>[0-9]{{1,9}}|\*)N(?P<index>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")),
+    ("mlp", re.compile(rf"^MLP(?P<layer>[0-9]{{1,9}}|\*)(?:@(?P<pos>{_POSITION}))?$")),
 )
 _KIND_ORDER = {"embed": 0, "head": 1, "neuron": 2, "mlp": 3}
 NODE_SYNTAX = "embed, L{layer}H{head}, MLP{layer} or L{layer}N{neuron}, optionally @position (@3, @-1, @END)"
@@ -139,6 +139,6 @@ def _index(text: Optional[str]) -> Optional[Index]:
 def _position(text: Optional[str]) -> Optional[Position]:
     if text is None:
         return None
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
 
 

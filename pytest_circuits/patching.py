@@ -41,12 +41,14 @@ class PatchingError(ValueError):
 class Patcher:
     """Patching questions about one model on one prompt set, sharing the clean and corrupt runs."""
 
-    def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt", seed: int = 0):
+    def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt", seed: int = 0, corruption: Optional[str] = None):
         if ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
         self.seed = seed  # for ``resample``: which other corrupt prompt each prompt takes values from
         if not isinstance(pairs, PromptPairs):
             raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+        pairs = pairs.only(corruption)  # one corrupt set; the default one unless named
+        self.corruption = pairs.corruption
         self.model = model
         self.backend = backend_for(model)
         self.shape = self.backend.shape
@@ -85,7 +87,7 @@ class Patcher:
             logits = self._patched_logits(tokens, plan)
         clean, corrupt = self.baselines(metric)
         patched = self.metric_values(metric, logits)
-        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name, confidence)
+        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name, confidence, self.corruption)
 
     def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-prompt metric on the clean run and the corrupt run (float64, [batch])."""
@@ -295,12 +297,13 @@ def _neuron_layers(nodes: Circuit) -> set:
     return {node.layer for node in nodes if node.kind == "neuron"}
 
 
-def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None) -> PatchResult:
+def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None, corruption=None) -> PatchResult:
     m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
     gap = m_clean - m_corrupt
     if abs(gap) <= 1e-6 * max(1.0, abs(m_clean), abs(m_corrupt)):
+        which = "corrupt runs" if corruption is None else f"corrupt runs (corrupt set {corruption!r})"
         raise PatchingError(
-            f"clean and corrupt runs do not differ on {metric.name} (clean {m_clean:.6g}, corrupt {m_corrupt:.6g}): "
+            f"clean and {which} do not differ on {metric.name} (clean {m_clean:.6g}, corrupt {m_corrupt:.6g}): "
             "no fraction can be measured. Check that the corrupt prompts remove the behaviour, or choose another metric."
         )
     per_prompt = (clean - patched) / gap if kind == "noise" else (patched - corrupt) / gap
@@ -319,6 +322,7 @@ def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name
         per_prompt_metric=tuple(patched.tolist()),
         ci=None if confidence is None else bootstrap_interval(kind, clean, corrupt, patched, confidence),
         confidence=confidence,
+        corruption=corruption,
     )
 
 
@@ -327,11 +331,15 @@ _CACHE_SIZE = 8
 _PATCHERS: "OrderedDict[tuple, Patcher]" = OrderedDict()
 
 
-def patcher(model, pairs: PromptPairs, ablation: str = "corrupt") -> Patcher:
-    """The cached ``Patcher`` for (model, pairs, ablation); the least recently used of 8 is dropped.
+def patcher(model, pairs: PromptPairs, ablation: str = "corrupt", corruption: Optional[str] = None) -> Patcher:
+    """The cached ``Patcher`` for (model, pairs, ablation, corrupt set); the least recently used of
+    8 is dropped. ``corruption`` names one of several corrupt sets (default: the first).
 
     Call ``clear_cache()`` after changing a model's weights in place.
     """
+    if not isinstance(pairs, PromptPairs):
+        raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+    pairs = pairs.only(corruption)
     key = (id(model), id(pairs), ablation)
     found = _PATCHERS.get(key)
     if found is None or found.model is not model or found.prompt_pairs is not pairs:
@@ -348,16 +356,22 @@ def clear_cache() -> None:
     _PATCHERS.clear()
 
 
-def denoise(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def denoise(
+    model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt", corruption=None, confidence=None
+) -> PatchResult:
     """Corrupt run with ``circuit`` carrying clean values; score = recovered fraction (sufficiency)."""
-    return patcher(model, pairs, ablation).denoise(circuit, metric=metric)
+    return patcher(model, pairs, ablation, corruption).denoise(circuit, metric=metric, confidence=confidence)
 
 
-def noise(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def noise(
+    model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt", corruption=None, confidence=None
+) -> PatchResult:
     """Clean run with ``circuit`` carrying corrupted values; score = damage (necessity)."""
-    return patcher(model, pairs, ablation).noise(circuit, metric=metric)
+    return patcher(model, pairs, ablation, corruption).noise(circuit, metric=metric, confidence=confidence)
 
 
-def circuit_only(model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt") -> PatchResult:
+def circuit_only(
+    model, pairs: PromptPairs, circuit: CircuitLike, *, metric="logit_diff", ablation: str = "corrupt", corruption=None, confidence=None
+) -> PatchResult:
     """Clean run with everything outside ``circuit`` corrupted; score = recovered fraction (faithfulness)."""
-    return patcher(model, pairs, ablation).circuit_only(circuit, metric=metric)
+    return patcher(model, pairs, ablation, corruption).circuit_only(circuit, metric=metric, confidence=confidence)

@@ -4,11 +4,16 @@ Prompts may be text (tokenized with the model's tokenizer when first used) or to
 prompt and its corrupt partner must tokenize to the same length; different pairs may differ (they
 are right-padded, and each prompt is read at its own last real token unless named otherwise).
 Every error names the prompt index, so a bad line in a prompt file is found at once.
+
+A prompt set may carry several named corrupt sets (``corrupt={"other_names": [...], "random": [...]}``):
+one corruption hides the degrees of freedom it leaves intact, so claims are checked under each.
+``pairs.only(name)`` is the view with one corrupt set that the engine measures on.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -97,42 +102,76 @@ class PromptPairs:
     circuits as ``L3H0@NAME``; ``END`` (each prompt's answer position) is always defined.
     Text prompts are tokenized with ``tokenizer`` or, when none is given, the model's own tokenizer
     when the pairs are first used.
+
+    ``corrupt`` may also map names to corrupt sets (each one partner per clean prompt, same
+    lengths); the first is the default for measurements, and every assertion checks them all.
     """
 
     def __init__(
         self,
         clean: Prompts,
-        corrupt: Prompts,
+        corrupt: Union[Prompts, Mapping[str, Prompts]],
         answers: Any,
         positions: Optional[Mapping[str, Union[int, Sequence[int]]]] = None,
         *,
         tokenizer=None,
+        source=None,
     ):
+        self.source = source  # (file, line number per prompt) when read from a file, for errors
         self.clean = _as_list(clean, "clean")
-        self.corrupt = _as_list(corrupt, "corrupt")
         if not self.clean:
             raise PromptError("the prompt pairs are empty: give at least one clean/corrupt pair")
-        if len(self.clean) != len(self.corrupt):
-            raise PromptError(
-                f"{len(self.clean)} clean prompts but {len(self.corrupt)} corrupt prompts: each clean prompt needs one corrupt partner"
-            )
+        self.corruptions = _corrupt_sets(corrupt, len(self.clean))
+        self.corrupt = next(iter(self.corruptions.values()))  # the default set
+        self.corruption: Optional[str] = None  # this set's name, on a view made by ``only``
         self.answers = _answer_list(answers, len(self.clean))
         self.positions = dict(positions or {})
         self.tokenizer = tokenizer
         self._encoded: dict = {}
+        self._views: dict = {}
         if tokenizer is not None or not self.needs_tokenizer:
-            self.encode(tokenizer)  # fail now, not in the middle of a test
+            for name in self.corruption_names:
+                self.only(name).encode(tokenizer)  # fail now, not in the middle of a test
 
     def __len__(self) -> int:
         return len(self.clean)
 
     def __repr__(self) -> str:
-        return f"PromptPairs({len(self)} pairs)"
+        sets = "" if len(self.corruptions) == 1 else f", corruptions {list(self.corruption_names)}"
+        return f"PromptPairs({len(self)} pairs{sets})"
 
     @property
     def needs_tokenizer(self) -> bool:
-        texts = [*self.clean, *self.corrupt, *(a for pairs in self.answers for pair in pairs for a in pair)]
+        corrupt = [p for prompts in self.corruptions.values() for p in prompts]
+        texts = [*self.clean, *corrupt, *(a for pairs in self.answers for pair in pairs for a in pair)]
         return any(isinstance(item, str) for item in texts)
+
+    # -- several corruptions -----------------------------------------------------------------
+    @property
+    def corruption_names(self) -> tuple:
+        """Names of the corrupt sets; ``(None,)`` for pairs given one unnamed corrupt set."""
+        return tuple(self.corruptions)
+
+    def only(self, corruption: Optional[str] = None) -> "PromptPairs":
+        """These pairs with one corrupt set (the default when ``None``), the same object each call
+        so engine caches keyed on it are shared."""
+        names = self.corruption_names
+        if corruption is None:
+            corruption = names[0]
+        if corruption not in self.corruptions:
+            known = ", ".join(repr(n) for n in names if n is not None) or "none (one unnamed corrupt set)"
+            raise PromptError(f"no corrupt set named {corruption!r}; these prompt pairs have {known}")
+        if len(names) == 1:
+            return self
+        if corruption not in self._views:
+            view = PromptPairs.__new__(PromptPairs)
+            view.__dict__.update(self.__dict__)
+            view.corruptions = {corruption: self.corruptions[corruption]}
+            view.corrupt = self.corruptions[corruption]
+            view.corruption = corruption
+            view._encoded, view._views = {}, {}
+            self._views[corruption] = view
+        return self._views[corruption]
 
     # -- files ------------------------------------------------------------------------------
     @classmethod
@@ -140,14 +179,18 @@ class PromptPairs:
         """One pair per line: ``{"clean": ..., "corrupt": ..., "answers": [[correct, incorrect], ...]}``.
 
         ``"answers": [correct, incorrect]`` and ``"correct"``/``"incorrect"`` keys work too; a line may
-        carry ``"positions": {"NAME": 3}``. Errors name the file and line.
+        carry ``"positions": {"NAME": 3}``. ``"corrupt": {"NAME": ..., ...}`` gives several named
+        corrupt sets (every line names the same ones). Errors name the file and line.
         """
         path = Path(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # JSONL lines end at "\n" only: JSON strings may hold U+2028 and other characters
+            # that str.splitlines() would also break at
+            lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
         except OSError as error:
             raise PromptError(f"cannot read prompt file {str(path)!r}: {error.strerror}") from None
         clean, corrupt, answers, positions = [], [], [], {}
+        set_names, set_order = None, None  # the corrupt set names of the first line, when it names any
         records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
         for row, (lineno, line) in enumerate(records):
             where = f"{path}:{lineno}"
@@ -162,19 +205,36 @@ class PromptPairs:
                 missing.append("answers")
             if missing:
                 raise PromptError(f"{where}: missing {', '.join(repr(m) for m in missing)}")
+            names = sorted(record["corrupt"]) if isinstance(record["corrupt"], dict) else None
+            if row == 0:
+                set_names, set_order = names, list(record["corrupt"]) if names else None
+            elif names != set_names:
+                first = "no named corrupt sets" if set_names is None else f"corrupt sets {set_names}"
+                raise PromptError(f"{where}: names {'no corrupt sets' if names is None else f'corrupt sets {names}'}, but line {records[0][0]} names {first}; every line needs the same ones")
             clean.append(record["clean"])
             corrupt.append(record["corrupt"])
             answers.append(record["answers"] if "answers" in record else [record["correct"], record["incorrect"]])
-            for name, value in (record.get("positions") or {}).items():
+            named = record.get("positions") or {}
+            if not isinstance(named, dict):
+                raise PromptError(f"{where}: 'positions' must be an object like {{\"S1\": 3}}, got {named!r}")
+            for name, value in named.items():
+                if value is None:
+                    raise PromptError(f"{where}: position {name!r} is null; give a token index")
                 positions.setdefault(name, [None] * len(records))[row] = value
         for name, values in positions.items():
             if None in values:
                 lineno = records[values.index(None)][0]
                 raise PromptError(f"{path}:{lineno}: position {name!r} is named on other lines but not on this one")
+        if not records:
+            raise PromptError(f"{path}: no prompt pairs (the file has no records; one JSON object per line)")
+        if set_order is not None:
+            corrupt = {name: [record[name] for record in corrupt] for name in set_order}
+        source = (path, [lineno for lineno, _ in records])
         try:
-            return cls(clean, corrupt, answers, positions or None, tokenizer=tokenizer)
+            pairs = cls(clean, corrupt, answers, positions or None, tokenizer=tokenizer, source=source)
         except PromptError as error:
-            raise PromptError(f"{path}: {error}") from None
+            raise PromptError(_at_line(source, str(error))) from None
+        return pairs
 
     # -- tokens -----------------------------------------------------------------------------
     def encode(self, tokenizer=None, d_vocab: Optional[int] = None) -> EncodedPairs:
@@ -182,17 +242,26 @@ class PromptPairs:
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         key = (id(tokenizer), d_vocab)
         if key not in self._encoded:
-            self._encoded[key] = self._encode(tokenizer, d_vocab)
+            try:
+                self._encoded[key] = self._encode(tokenizer, d_vocab)
+            except PromptError as error:
+                raise PromptError(_at_line(self.source, str(error))) from None
         return self._encoded[key]
 
     def _encode(self, tokenizer, d_vocab: Optional[int]) -> EncodedPairs:
+        if len(self.corruptions) > 1:
+            raise PromptError(
+                f"these prompt pairs carry {len(self.corruptions)} corrupt sets {list(self.corruption_names)}; "
+                "encode one of them: pairs.only(name).encode(...)"
+            )
         codec = _Codec(tokenizer) if tokenizer is not None else None
+        which = "corrupt" if self.corruption is None else f"corrupt ({self.corruption!r})"
         clean = [self._tokens(p, codec, i, "clean") for i, p in enumerate(self.clean)]
-        corrupt = [self._tokens(p, codec, i, "corrupt") for i, p in enumerate(self.corrupt)]
+        corrupt = [self._tokens(p, codec, i, which) for i, p in enumerate(self.corrupt)]
         for i, (c, x) in enumerate(zip(clean, corrupt)):
             if len(c) != len(x):
                 raise PromptError(
-                    f"prompt {i}: clean and corrupt tokenize to different lengths ({len(c)} vs {len(x)} tokens)\n"
+                    f"prompt {i}: clean and {which} tokenize to different lengths ({len(c)} vs {len(x)} tokens)\n"
                     f"  clean:   {_show(c, codec)}\n  corrupt: {_show(x, codec)}\n"
                     "  patching compares them position by position: reword one so both have the same tokens count"
                 )
@@ -213,7 +282,7 @@ class PromptPairs:
                 for token in (t for pair in pairs for t in pair):
                     if not 0 <= token < d_vocab:
                         raise PromptError(f"prompt {i}: answer token id {token} is outside the model's vocabulary (0-{d_vocab - 1})")
-            for name, prompts in (("clean", clean), ("corrupt", corrupt)):
+            for name, prompts in (("clean", clean), (which, corrupt)):
                 for i, tokens in enumerate(prompts):
                     bad = [t for t in tokens if not 0 <= t < d_vocab]
                     if bad:
@@ -232,7 +301,14 @@ class PromptPairs:
             if codec is None:
                 raise PromptError(f"prompt {i}: {which} prompt is text but no tokenizer is known; pass tokenizer= or a model")
             return codec.prompt(prompt)
-        return [int(t) for t in prompt]
+        try:
+            ids = list(prompt.tolist() if isinstance(prompt, torch.Tensor) else prompt)
+        except TypeError:
+            raise PromptError(f"prompt {i}: {which} prompt must be text or a list of token ids, got {prompt!r}") from None
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, float)) or t != int(t)]
+        if bad:
+            raise PromptError(f"prompt {i}: {which} prompt holds {bad[0]!r}, which is not a token id (token ids are whole numbers)")
+        return [int(t) for t in ids]
 
     def _answer(self, answer, codec, i: int) -> int:
         if isinstance(answer, str):
@@ -254,6 +330,17 @@ class PromptPairs:
         named = {name: _resolve_position(name, value, lengths) for name, value in self.positions.items()}
         named.setdefault(ANSWER_POSITION, lengths - 1)
         return named
+
+
+def _at_line(source, message: str) -> str:
+    """``message`` about "prompt i" located at that prompt's line of the file it came from."""
+    if source is None or message.startswith(str(source[0])):
+        return message
+    path, linenos = source
+    found = re.match(r"prompt (\d+): ", message)
+    if found and int(found.group(1)) < len(linenos):
+        return f"{path}:{linenos[int(found.group(1))]}: {message}"
+    return f"{path}: {message}"
 
 
 def _resolve_position(name: str, value, lengths: torch.Tensor) -> torch.Tensor:
@@ -306,6 +393,24 @@ def _as_list(prompts, which: str) -> list:
             raise PromptError(f"{which} tokens must be a [batch, seq] tensor, got shape {tuple(prompts.shape)}")
         return prompts.tolist()
     return list(prompts)
+
+
+def _corrupt_sets(corrupt, n: int) -> dict:
+    """``{name: prompts}``; one unnamed set is keyed ``None``. Each set has one prompt per clean prompt."""
+    if isinstance(corrupt, Mapping):
+        if not corrupt:
+            raise PromptError("corrupt is an empty mapping: name at least one corrupt set, e.g. corrupt={'random': [...]}")
+        bad = [name for name in corrupt if not isinstance(name, str) or not name.isidentifier()]
+        if bad:
+            raise PromptError(f"corrupt set names must be identifiers like 'other_names' (they label reports), got {bad[0]!r}")
+        sets = {name: _as_list(prompts, f"corrupt set {name!r}") for name, prompts in corrupt.items()}
+    else:
+        sets = {None: _as_list(corrupt, "corrupt")}
+    for name, prompts in sets.items():
+        if len(prompts) != n:
+            which = "corrupt prompts" if name is None else f"prompts in corrupt set {name!r}"
+            raise PromptError(f"{n} clean prompts but {len(prompts)} {which}: each clean prompt needs one corrupt partner")
+    return sets
 
 
 def _answer_list(answers, n: int) -> list:

@@ -25,6 +25,7 @@ class ClaimRow:
     circuit: str
     metric: str
     ablation: str
+    corruption: Optional[str]
     score_name: str
     score: float
     ci_low: Optional[float]
@@ -48,6 +49,7 @@ class ClaimRow:
             circuit=str(result.circuit),
             metric=result.metric,
             ablation=result.ablation,
+            corruption=result.corruption,
             score_name=result.score_name,
             score=result.score,
             ci_low=None if result.ci is None else result.ci[0],
@@ -73,10 +75,10 @@ def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 6
     """Aligned text lines: a header and one line per claim (tests named without their folders)."""
     cells = []
     for row in rows:
-        circuit = _cut(row.circuit, circuit_width)
+        circuit = _cut(row.circuit, circuit_width) + ("" if row.corruption is None else f" [{row.corruption}]")
         path, sep, name = row.test.partition("::")
         test = _cut(path.rsplit("/", 1)[-1] + sep + name, test_width)
-        flag = "  (>1: negative components left out?)" if row.score > 1.01 and row.kind != "noise" else ""
+        flag = "  (>1: negative components left out?)" if row.score > 1.01 and row.kind in ("denoise", "circuit_only") else ""
         cells.append(
             (
                 test,

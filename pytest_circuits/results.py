@@ -53,6 +53,7 @@ class PatchResult:
     per_prompt_metric: Tuple[float, ...] = field(default=(), repr=False)
     ci: Optional[Tuple[float, float]] = None  # bootstrap interval of the score, when asked for
     confidence: Optional[float] = None
+    corruption: Optional[str] = None  # which named corrupt set, when the pairs carry several
 
     @property
     def score_name(self) -> str:
@@ -81,6 +82,7 @@ class PatchResult:
             "per_prompt_metric": list(self.per_prompt_metric),
             "ci": None if self.ci is None else list(self.ci),
             "confidence": self.confidence,
+            "corruption": self.corruption,
         }
 
     def to_text(self) -> str:
@@ -90,6 +92,7 @@ class PatchResult:
             f"circuit: {self.circuit}",
             f"metric: {self.metric}",
             f"ablation: {self.ablation}",
+            *([f"corruption: {self.corruption}"] if self.corruption is not None else []),
             f"n_prompts: {self.n_prompts}",
             f"clean: {_num(self.clean)}",
             f"corrupt: {_num(self.corrupt)}",
@@ -106,18 +109,23 @@ class PatchResult:
         low, mid, high = self.spread
         lines = [
             f"{self.circuit} {DIRECTIONS[self.kind]}",
-            f"  metric {self.metric}, ablation {self.ablation}, {self.n_prompts} prompts",
+            f"  metric {self.metric}, ablation {self.ablation}{self._under()}, {self.n_prompts} prompts",
             f"  baselines: clean {_num(self.clean)}, corrupt {_num(self.corrupt)} (gap {_num(self.clean - self.corrupt)}); patched {_num(self.patched)}",
         ]
         if with_score:
             lines.append(f"  {self.score_name} {fixed(self.score)}")
+        if self.score > 1.01 and self.kind != "noise":
+            lines.append("  above 1: components that work against the metric were left out (negative components left out?)")
         if self.ci is not None:
             lines.append(f"  {self.confidence:.0%} interval [{fixed(self.ci[0])}, {fixed(self.ci[1])}] (bootstrap over prompts)")
         lines.append(f"  per prompt: min {fixed(low)}, median {fixed(mid)}, max {fixed(high)}")
         return "\n".join(lines)
 
+    def _under(self) -> str:
+        return "" if self.corruption is None else f", corrupt set {self.corruption!r}"
+
     def __str__(self) -> str:
-        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={fixed(self.score)} over {self.n_prompts} prompts"
+        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={fixed(self.score)} over {self.n_prompts} prompts{self._under()}"
 
 
 @dataclass(frozen=True)
@@ -140,3 +148,56 @@ class Claim:
     def verdict(self) -> str:
         verdict = {None: "measured", True: "holds", False: "FAILS"}[self.holds]
         return verdict + (", snapshot changed" if self.snapshot == "changed" else "")
+
+
+@dataclass(frozen=True)
+class ByCorruption:
+    """One claim measured under each named corrupt set: ``results["random"]`` is one result.
+
+    ``score`` is the worst score (the claim must hold under every corruption); ``to_text`` prefixes
+    each result's lines with its corrupt set's name, so a snapshot diff says which one moved.
+    """
+
+    results: Tuple[object, ...]  # PatchResult or MinimalityResult, one per corrupt set
+
+    def __getitem__(self, corruption: str):
+        for result in self.results:
+            if result.corruption == corruption:
+                return result
+        raise KeyError(f"no result for corrupt set {corruption!r}; measured {list(self.corruptions)}")
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def corruptions(self) -> Tuple[str, ...]:
+        return tuple(result.corruption for result in self.results)
+
+    @property
+    def worst(self):
+        """The result judged lowest (by its interval's lower bound when it has one)."""
+        return min(self.results, key=lambda r: r.score if getattr(r, "ci", None) is None else r.ci[0])
+
+    def __getattr__(self, name: str):
+        # kind, metric, circuit, score, ...: those of the worst result, so code written for one
+        # result (``result.score >= 0.9``) stays correct, i.e. conservative, for several.
+        if name.startswith("_") or name == "results":
+            raise AttributeError(name)
+        return getattr(self.worst, name)
+
+    def to_text(self) -> str:
+        return "".join(
+            "".join(f"{result.corruption}.{line}\n" for line in result.to_text().splitlines()) for result in self.results
+        )
+
+    def to_dict(self) -> dict:
+        return {"by_corruption": {result.corruption: result.to_dict() for result in self.results}}
+
+    def summary(self) -> str:
+        return "\n".join(f"[{result.corruption}] {result.summary()}" for result in self.results)
+
+    def __str__(self) -> str:
+        return "; ".join(str(result) for result in self.results)

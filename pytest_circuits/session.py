@@ -12,7 +12,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Callable, Optional
 
-from .assertions import announce, check, validate_threshold
+from .assertions import announce, check, measure_under, validate_epsilon, validate_threshold
 from .circuit import Circuit, CircuitLike
 from .patching import Patcher, patcher
 from .prompts import PromptPairs
@@ -41,49 +41,83 @@ class CircuitSession:
         self._patchers = patchers or patcher
         self.progress = progress  # for sweeps: False, True (a bar on stderr) or callback(done, total)
 
-    def patcher(self, ablation: Optional[str] = None) -> Patcher:
-        """The shared ``Patcher`` (cached clean/corrupt runs) for this model, prompts and ablation."""
-        return self._patchers(self.model, self.pairs, ablation or self.ablation)
+    def patcher(self, ablation: Optional[str] = None, corruption: Optional[str] = None) -> Patcher:
+        """The shared ``Patcher`` (cached clean/corrupt runs) for this model, prompts, ablation and
+        corrupt set (the default set unless named)."""
+        return self._patchers(self.model, self.pairs.only(corruption), ablation or self.ablation)
 
-    # -- measurements (reported, not judged) ---------------------------------------------------
-    def denoise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
-        return self._measured("denoise", circuit, metric, ablation, confidence)
+    # -- measurements (reported, not judged; under the default corrupt set unless one is named) ----
+    def denoise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None, corruption=None) -> PatchResult:
+        return self._measured("denoise", circuit, metric, ablation, confidence, corruption)
 
-    def noise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
-        return self._measured("noise", circuit, metric, ablation, confidence)
+    def noise(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None, corruption=None) -> PatchResult:
+        return self._measured("noise", circuit, metric, ablation, confidence, corruption)
 
-    def circuit_only(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None) -> PatchResult:
-        return self._measured("circuit_only", circuit, metric, ablation, confidence)
+    def circuit_only(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, confidence=None, corruption=None) -> PatchResult:
+        return self._measured("circuit_only", circuit, metric, ablation, confidence, corruption)
+
+    def diagnose(self, circuit: Optional[CircuitLike] = None, *, metric=None, ablation=None, corruption=None, tolerance=None):
+        """Backup behaviour (compensation ratio) and wrong-way components (``pytest_circuits.diagnostics``)."""
+        from .diagnostics import DEFAULT_TOLERANCE, diagnose
+
+        return diagnose(
+            self.patcher(ablation, corruption), self._circuit(circuit), metric=metric or self.metric,
+            tolerance=DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        )
+
+    def pareto(self, ranking, *, base=None, kind="circuit_only", sizes=None, metric=None, ablation=None, corruption=None):
+        """Recovered fraction of circuits grown in ``ranking`` order (``pytest_circuits.pareto``)."""
+        from .pareto import pareto_curve
+
+        return pareto_curve(
+            self.patcher(ablation, corruption), ranking, kind=kind, base=base, sizes=sizes,
+            metric=metric or self.metric, progress=self.progress,
+        )
 
     # -- exploring: every component at once, on the same cached runs --------------------------------
-    def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, **options):
+    def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None, **options):
         """Exact scores of every head / MLP / neuron / residual position (``pytest_circuits.sweeps``)."""
         from .sweeps import Sweeper
 
         options.setdefault("progress", self.progress)
         budget = options.pop("budget_bytes", None)
-        sweeper = Sweeper(self.patcher(ablation)) if budget is None else Sweeper(self.patcher(ablation), budget)
+        patcher_ = self.patcher(ablation, corruption)
+        sweeper = Sweeper(patcher_) if budget is None else Sweeper(patcher_, budget)
         return sweeper.sweep(over, mode, metric=metric or self.metric, **options)
 
-    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None):
+    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None):
         """First-order estimates of every component's score (``pytest_circuits.attribution``)."""
         from .attribution import Attributor
 
-        return Attributor(self.patcher(ablation)).attribute(over, mode, metric=metric or self.metric)
+        return Attributor(self.patcher(ablation, corruption)).attribute(over, mode, metric=metric or self.metric)
 
     # -- claims ------------------------------------------------------------------------------------
     # ``snapshot=circuit_snapshot`` also compares the result with its snapshot (see ``check``).
-    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
+    # Claims are checked under every corrupt set of the pairs, or those named by ``corruption=``.
+    def assert_sufficient(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None, corruption=None):
         """Denoising the circuit recovers at least ``threshold`` (default 0.9)."""
-        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation, snapshot, confidence)
+        return self._claim("denoise", circuit, threshold, 0.9, metric, ablation, snapshot, confidence, corruption)
 
-    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
+    def assert_necessary(self, circuit=None, threshold: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None, corruption=None):
         """Noising the circuit destroys at least ``threshold`` (default 0.5)."""
-        return self._claim("noise", circuit, threshold, 0.5, metric, ablation, snapshot, confidence)
+        return self._claim("noise", circuit, threshold, 0.5, metric, ablation, snapshot, confidence, corruption)
 
-    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None) -> PatchResult:
+    def assert_recovers(self, circuit=None, fraction: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None, corruption=None):
         """The circuit alone, everything else corrupted, recovers at least ``fraction`` (default 0.9)."""
-        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot, confidence)
+        return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot, confidence, corruption)
+
+    def assert_minimal(self, circuit=None, epsilon: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, corruption=None):
+        """Taking any one component out lowers circuit-only recovery by at least ``epsilon`` (default 0.01)."""
+        from .minimality import minimality
+
+        circuit, epsilon = _circuit_and_number(circuit, epsilon)
+        epsilon = validate_epsilon(0.01 if epsilon is None else epsilon)
+        circuit = self._circuit(circuit)
+
+        def measure(name):
+            return minimality(self.patcher(ablation, name), circuit, metric=metric or self.metric)
+
+        return check(measure_under(self.pairs, corruption, measure), epsilon, snapshot)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def _circuit(self, circuit) -> Circuit:
@@ -93,16 +127,28 @@ class CircuitSession:
             return self.circuit
         return Circuit.parse(circuit)
 
-    def _measure(self, kind, circuit, metric, ablation, confidence=None) -> PatchResult:
-        return self.patcher(ablation).measure(kind, self._circuit(circuit), metric=metric or self.metric, confidence=confidence)
+    def _measure(self, kind, circuit, metric, ablation, confidence=None, corruption=None) -> PatchResult:
+        circuit = self._circuit(circuit)
+        return self.patcher(ablation, corruption).measure(kind, circuit, metric=metric or self.metric, confidence=confidence)
 
-    def _measured(self, kind, circuit, metric, ablation, confidence) -> PatchResult:
-        result = self._measure(kind, circuit, metric, ablation, confidence)
+    def _measured(self, kind, circuit, metric, ablation, confidence, corruption) -> PatchResult:
+        result = self._measure(kind, circuit, metric, ablation, confidence, corruption)
         announce(Claim(result, None))
         return result
 
-    def _claim(self, kind, circuit, threshold, default, metric, ablation, snapshot, confidence) -> PatchResult:
-        if isinstance(circuit, Real) and not isinstance(circuit, bool) and threshold is None:
-            circuit, threshold = None, circuit  # claims.assert_recovers(0.9) on the bound circuit
+    def _claim(self, kind, circuit, threshold, default, metric, ablation, snapshot, confidence, corruption):
+        circuit, threshold = _circuit_and_number(circuit, threshold)
         threshold = validate_threshold(default if threshold is None else threshold)
-        return check(self._measure(kind, circuit, metric, ablation, confidence), threshold, snapshot)
+        circuit = self._circuit(circuit)
+
+        def measure(name):
+            return self._measure(kind, circuit, metric, ablation, confidence, name)
+
+        return check(measure_under(self.pairs, corruption, measure), threshold, snapshot)
+
+
+def _circuit_and_number(circuit, number):
+    """``claims.assert_recovers(0.9)`` means the bound circuit with threshold 0.9."""
+    if isinstance(circuit, Real) and not isinstance(circuit, bool) and number is None:
+        return None, circuit
+    return circuit, number

@@ -117,8 +117,10 @@ def test_from_jsonl_reads_all_answer_forms_and_positions(tmp_path, tok):
         (['{"clean": "the cat", "corrupt": "the dog", "answers": ["cat", "dog"]}', "{not json"], r"pairs\.jsonl:2: not valid JSON"),
         (['{"clean": "the cat", "answers": ["cat", "dog"]}'], r"pairs\.jsonl:1: missing 'corrupt'"),
         (['["the cat", "the dog"]'], r"pairs\.jsonl:1: expected an object"),
-        (['{"clean": "the cat", "corrupt": "the dog sat", "answers": ["cat", "dog"]}'], r"pairs\.jsonl: prompt 0: clean and corrupt tokenize to different lengths"),
-        ([], r"pairs\.jsonl: the prompt pairs are empty"),
+        (['{"clean": "the cat", "corrupt": "the dog sat", "answers": ["cat", "dog"]}'], r"pairs\.jsonl:1: prompt 0: clean and corrupt tokenize to different lengths"),
+        ([], r"pairs\.jsonl: no prompt pairs"),
+        (['{"clean": [1, 2], "corrupt": {"a": [1, 3]}, "answers": [1, 2]}', '{"clean": [1, 2], "corrupt": {"b": [1, 3]}, "answers": [1, 2]}'], r"pairs\.jsonl:2: names corrupt sets \['b'\], but line 1 names corrupt sets \['a'\]"),
+        (['{"clean": [1, 2], "corrupt": {"a": [1, 3], "b": [3]}, "answers": [1, 2]}'], r"pairs\.jsonl:1: prompt 0: clean and corrupt \('b'\) tokenize to different lengths"),
     ],
 )
 def test_from_jsonl_errors_name_file_and_line(tmp_path, tok, lines, message):

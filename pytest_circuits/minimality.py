@@ -1,0 +1,112 @@
+"""Minimality: does every component of a circuit earn its place?
+
+A circuit is minimal (to ``epsilon``) when taking any one component out lowers its circuit-only
+recovery by at least ``epsilon``. A component that fails this either does nothing for the metric,
+works against it (its removal *raises* recovery), or has a backup inside the circuit that takes
+over when it is gone (see ``diagnostics`` for telling these apart).
+
+The embedding is the input of every node circuit (DESIGN), so it is never a unit of a node circuit;
+in an edge circuit every edge is a unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from .circuit import Circuit, CircuitLike
+from .results import PatchResult, fixed
+
+
+@dataclass(frozen=True)
+class MinimalityResult:
+    """Circuit-only recovery of a circuit and of the circuit less each of its components."""
+
+    circuit: Circuit
+    full: PatchResult
+    without: Tuple[Tuple[str, float], ...]  # (component, recovered without it), in circuit order
+
+    kind = "minimal"
+    score_name = "smallest drop"
+    ci = None
+    confidence = None
+
+    # the fields a claim row reads, from the whole circuit's measurement
+    metric = property(lambda self: self.full.metric)
+    ablation = property(lambda self: self.full.ablation)
+    corruption = property(lambda self: self.full.corruption)
+    model = property(lambda self: self.full.model)
+    n_prompts = property(lambda self: self.full.n_prompts)
+    clean = property(lambda self: self.full.clean)
+    corrupt = property(lambda self: self.full.corrupt)
+    patched = property(lambda self: self.full.patched)
+
+    @property
+    def drops(self) -> dict:
+        """Component -> how much circuit-only recovery falls when it is taken out."""
+        return {unit: self.full.score - without for unit, without in self.without}
+
+    @property
+    def score(self) -> float:
+        """The smallest drop: the claim "minimal to epsilon" holds when it is at least epsilon."""
+        return min(self.drops.values(), default=float("inf"))
+
+    def not_earning(self, epsilon: float) -> list:
+        """``[(component, drop)]`` of the components whose removal costs less than ``epsilon``, weakest first."""
+        return sorted(((u, d) for u, d in self.drops.items() if d < epsilon), key=lambda item: item[1])
+
+    def to_text(self) -> str:
+        lines = [
+            "kind: minimal",
+            f"circuit: {self.circuit}",
+            f"metric: {self.metric}",
+            f"ablation: {self.ablation}",
+            *([f"corruption: {self.corruption}"] if self.corruption is not None else []),
+            f"n_prompts: {self.n_prompts}",
+            f"recovered: {self.full.score:.6g}",
+        ]
+        lines += [f"drop[{unit}]: {drop:.6g}" for unit, drop in self.drops.items()]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return {"kind": "minimal", "circuit": str(self.circuit), "full": self.full.to_dict(), "drops": self.drops}
+
+    def summary(self) -> str:
+        under = "" if self.corruption is None else f", corrupt set {self.corruption!r}"
+        lines = [f"{self.circuit} kept alone recovers {fixed(self.full.score)} ({self.metric}{under}); without each component:"]
+        lines += [f"  - {unit:<16} recovers {fixed(without)} (drop {fixed(self.full.score - without)})" for unit, without in self.without]
+        return "\n".join(lines)
+
+    def explain_failure(self, epsilon: float) -> str:
+        weak = self.not_earning(epsilon)
+        named = ", ".join(f"{unit} (drop {fixed(drop)})" for unit, drop in weak)
+        hint = (
+            "a negative drop means the circuit does better without it (a component working against the metric)"
+            if any(drop < 0 for _, drop in weak)
+            else "remove them, or check whether another component in the circuit backs them up (diagnose())"
+        )
+        return (
+            f"circuit claim failed: {self.circuit} is not minimal on {self.metric}: "
+            f"{len(weak)} of {len(self.without)} components do not earn their place (epsilon {epsilon:g}): {named}\n"
+            f"{self.summary()}\n  {hint}"
+        )
+
+    def __str__(self) -> str:
+        return f"minimal({self.circuit}) {self.metric} smallest drop={fixed(self.score)}"
+
+
+def minimality(patcher, circuit: CircuitLike, *, metric="logit_diff") -> MinimalityResult:
+    """Circuit-only recovery of ``circuit`` and of ``circuit`` without each component (one forward each)."""
+    circuit = Circuit.parse(circuit)
+    resolved = circuit.resolve(patcher.shape)
+    full = patcher.circuit_only(resolved, metric=metric)
+    units = [unit for unit in resolved if resolved.is_edges or unit.kind != "embed"]
+    without = []
+    for unit in units:
+        rest = [other for other in units if other != unit]
+        if resolved.is_edges and not rest:
+            score = 0.0  # no edge kept: every receiver reads corrupted values, which is the corrupt run
+        else:
+            score = patcher.circuit_only(Circuit.parse(rest), metric=metric).score
+        without.append((str(unit), score))
+    return MinimalityResult(Circuit.parse(circuit), full, tuple(without))
