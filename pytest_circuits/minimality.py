@@ -52,8 +52,10 @@ class MinimalityResult:
         return min(self.drops.values(), default=float("inf"))
 
     def not_earning(self, epsilon: float) -> list:
-        """``[(component, drop)]`` of the components whose removal costs less than ``epsilon``, weakest first."""
-        return sorted(((u, d) for u, d in self.drops.items() if d < epsilon), key=lambda item: item[1])
+        """``[(component, drop)]`` of the components whose removal costs less than ``epsilon``, weakest
+        first (drops equal to 6 decimals keep circuit order, so messages are stable)."""
+        weak = [(unit, drop) for unit, drop in self.drops.items() if drop < epsilon]
+        return sorted(weak, key=lambda item: round(item[1], 6))
 
     def to_text(self) -> str:
         lines = [

@@ -234,6 +234,30 @@ def prompt_pairs(n: int = 8, seed: int = 0):
     )
 
 
+def prompt_pairs_by_corruption(n: int = 8, seed: int = 0):
+    """The same clean prompts with three named corrupt sets, showing what one corruption hides:
+    ``both`` (as ``prompt_pairs``), ``first_word`` (only ``Nobel`` replaced) and ``second_word``
+    (only ``Peace`` replaced). Denoising ``L0H0`` recovers 1 under ``first_word`` and 0 under the
+    other two: the head carries "the previous word was Nobel", which only ``first_word`` removes.
+    """
+    from ..prompts import PromptPairs
+
+    words = _prompt_words(n, seed)
+    first_only = [[*corrupt[:-1], SECOND] for _, corrupt in words]
+    second_only = [[*clean[:-1], corrupt[-1]] for clean, corrupt in words]
+    return PromptPairs(
+        clean=[" ".join(clean) for clean, _ in words],
+        corrupt={
+            "both": [" ".join(corrupt) for _, corrupt in words],
+            "first_word": [" ".join(w) for w in first_only],
+            "second_word": [" ".join(w) for w in second_only],
+        },
+        answers=[ANSWERS] * n,
+        positions=_positions(words),
+        tokenizer=tokenizer(),
+    )
+
+
 def circuit():
     """The noising claim's circuit: the three kept paths plus the output edge ``MLP1 -> logits``."""
     from ..circuit import Circuit
