@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 from .circuit import CircuitLike
 from .confidence import prompts_needed
+from .errors import InputError
 from .minimality import MinimalityResult, minimality
 from .patching import patcher
 from .prompts import PromptPairs
@@ -49,7 +50,7 @@ FAILURES = {
 MAX_THRESHOLD = 1.5  # scores above 1 are legal, but a threshold far above is a typo (90 for 0.9)
 
 
-class ThresholdError(TypeError, ValueError):
+class ThresholdError(InputError, TypeError, ValueError):
     """A threshold that is not a number or makes no sense as a fraction of the clean-corrupt gap."""
 
 

@@ -193,5 +193,20 @@ class Circuit:
             try:
                 data = tomllib.loads(text)
             except tomllib.TOMLDecodeError as error:
-                raise CircuitError(f"{path}: not valid TOML: {error}") from None
-        return cls.from_dict(data, source=str(path))
+                line = re.search(r"at line (\d+)", str(error))
+                where = f"{path}:{line.group(1)}" if line else str(path)
+                raise CircuitError(f"{where}: not valid TOML: {error}") from None
+        try:
+            return cls.from_dict(data, source=str(path))
+        except CircuitError as error:
+            raise CircuitError(_with_line(str(error), str(path), text)) from None
+
+
+def _with_line(message: str, path: str, text: str) -> str:
+    """``path: ... 'L9Q' ...`` as ``path:LINE: ...``: the line of the file where the quoted culprit is."""
+    culprit = re.search(r"'([^']+)'", message.removeprefix(path))
+    if culprit and message.startswith(path + ": "):
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if f'"{culprit.group(1)}"' in line:
+                return f"{path}:{lineno}: {message[len(path) + 2:]}"
+    return message

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from .errors import InputError
+
 TOY_PREFIX = "toy:"
 DTYPES = {
     "float32": torch.float32,
@@ -40,7 +42,7 @@ WAYS = (
 )
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InputError, ValueError):
     """A model spec that names nothing loadable; the message is one line saying what to do."""
 
 
@@ -55,9 +57,16 @@ def resolve_device(device: Optional[str]) -> torch.device:
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError):
         raise ModelSpecError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSpecError(f"device {device!r} asked for, but this machine has no CUDA GPU: use --circuits-device auto or cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ModelSpecError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "meta":
+        raise ModelSpecError("the meta device holds no weights; patching needs a real one: use auto, cpu or cuda")
+    return resolved
 
 
 def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:

@@ -15,10 +15,11 @@ from typing import Callable, Dict, Optional, Union
 
 import torch
 
+from .errors import InputError
 from .prompts import EncodedPairs
 
 
-class MetricError(ValueError):
+class MetricError(InputError, ValueError):
     """An unknown metric name, or a metric that returned something other than one finite number per prompt."""
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .errors import InputError
+
 WILDCARD = "*"
 
 Position = Union[int, str]
@@ -27,7 +29,7 @@ _KIND_ORDER = {"embed": 0, "head": 1, "neuron": 2, "mlp": 3}
 NODE_SYNTAX = "embed, L{layer}H{head}, MLP{layer} or L{layer}N{neuron}, optionally @position (@3, @-1, @END)"
 
 
-class CircuitError(ValueError):
+class CircuitError(InputError, ValueError):
     """A circuit text, file or component that cannot be used; the message quotes the culprit."""
 
 

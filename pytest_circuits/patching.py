@@ -23,6 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from .backends import Site, backend_for
+from .errors import InputError
 from .circuit import Circuit, CircuitLike, Node
 from .confidence import bootstrap_interval, validate_confidence
 from .metrics import Metric, answer_logits, get_metric
@@ -34,7 +35,7 @@ ABLATIONS = ("corrupt", "mean", "zero", "resample")
 KINDS = ("denoise", "noise", "circuit_only")
 
 
-class PatchingError(ValueError):
+class PatchingError(InputError, ValueError):
     """A measurement that cannot give a meaningful number (e.g. clean and corrupt do not differ)."""
 
 

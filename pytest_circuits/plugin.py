@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import time
+import types
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -19,6 +20,7 @@ import torch
 from . import hookspecs, metrics
 from .assertions import add_claim_listener, remove_claim_listener
 from .circuit import CircuitError
+from .errors import InputError
 from .loading import (
     ModelSpecError,
     check_spec,
@@ -34,10 +36,11 @@ from .prompts import PromptError, PromptPairs
 from .report import ClaimRow, table, write_json
 from .results import Claim
 from .session import CircuitSession
-from .snapshot import DEFAULT_ATOL, DEFAULT_RTOL, CircuitSnapshotAssertion, extension_class
+from .snapshot import DEFAULT_ATOL, DEFAULT_RTOL, CircuitSnapshotAssertion, extension_class, keep_unreached_snapshots
 
 STATE = pytest.StashKey["CircuitsState"]()
 MODEL_SPEC = pytest.StashKey[str]()
+CALL_FAILED = pytest.StashKey[bool]()
 
 # (option, ini key, help, default); every option is both a flag and an ini key
 SETTINGS = [
@@ -132,6 +135,7 @@ class CircuitsState:
         report = _setting(config, "circuits_report")
         self.report_path = Path(report) if report else None
         self.rows: List[ClaimRow] = []
+        self.bad_input: List[str] = []  # tests that stopped on bad input: the report is then left as it was
         self.current_item: Optional[pytest.Item] = None
         self._models: Dict[str, object] = {}
         self._failures: Dict[str, str] = {}
@@ -290,6 +294,52 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.circuit)
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Bad input and failed claims are reported from the user's line down: the message names the
+    culprit, and this package's frames (or torch's below them) would only bury it."""
+    excinfo = call.excinfo
+    if excinfo is not None and not item.config.getoption("fulltrace", False) and _explained(excinfo):
+        trimmed = _without_package_frames(excinfo.tb)
+        if trimmed is not None:
+            call.excinfo = pytest.ExceptionInfo.from_exc_info((excinfo.type, excinfo.value, trimmed))
+    if excinfo is not None and excinfo.errisinstance(InputError):
+        item.config.stash[STATE].bad_input.append(item.nodeid)
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
+def _without_package_frames(tb):
+    """A copy of the raw traceback chain without this package's frames (pytest follows the raw
+    chain when it cuts a traceback at the test function, so filtering its entries is not enough)."""
+    kept = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            kept.append(tb)
+        tb = tb.tb_next
+    if not kept:
+        return None
+    chain = None
+    for entry in reversed(kept):
+        chain = types.TracebackType(chain, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return chain
+
+
+def _explained(excinfo) -> bool:
+    """An input error, or a claim that failed in this package's assertions (not a bug elsewhere)."""
+    if excinfo.errisinstance(InputError):
+        return True
+    tb = excinfo.tb
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return excinfo.errisinstance(AssertionError) and tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     state = item.config.stash[STATE]
@@ -364,13 +414,16 @@ def circuit_snapshot(request, snapshot):
     """syrupy's snapshot with numeric tolerance, keyed by test name without the checkpoint."""
     state = request.config.stash[STATE]
     extension = extension_class(state.rtol, state.atol, _name_without_checkpoint(request.node))
-    return CircuitSnapshotAssertion(
+    assertion = CircuitSnapshotAssertion(
         update_snapshots=snapshot.update_snapshots,
         update_new_snapshots_only=snapshot.update_new_snapshots_only,
         extension_class=extension,
         test_location=snapshot.test_location,
         session=snapshot.session,
     )
+    yield assertion
+    if request.node.stash.get(CALL_FAILED, False):
+        keep_unreached_snapshots(assertion)
 
 
 def _name_without_checkpoint(item) -> str:
@@ -388,16 +441,24 @@ def _name_without_checkpoint(item) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
     state = session.config.stash.get(STATE, None)
-    if state is not None and state.report_path is not None and not hasattr(session.config, "workerinput"):
+    if state is None or state.report_path is None or hasattr(session.config, "workerinput"):
+        return
+    if not state.bad_input:  # a run stopped by bad input measured nothing to trust: keep the last report
         write_json(state.report_path, state.rows, state.meta())
 
 
 def pytest_terminal_summary(terminalreporter, config):
     state = config.stash.get(STATE, None)
-    if state is None or not state.rows:
+    if state is None or not (state.rows or state.bad_input):
         return
     terminalreporter.write_sep("=", f"circuit claims ({len(state.rows)})")
-    for line in table(state.rows):
-        terminalreporter.write_line(line)
-    if state.report_path is not None:
+    if state.rows:
+        for line in table(state.rows):
+            terminalreporter.write_line(line)
+    if state.report_path is not None and state.bad_input:
+        terminalreporter.write_line(
+            f"circuit report NOT written: {len(state.bad_input)} test(s) stopped on bad input (see above); "
+            f"{state.report_path} is left as it was"
+        )
+    elif state.report_path is not None:
         terminalreporter.write_line(f"circuit report: {state.report_path}")

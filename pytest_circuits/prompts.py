@@ -20,10 +20,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
+from .errors import InputError
+
 ANSWER_POSITION = "END"
 
 
-class PromptError(ValueError):
+class PromptError(InputError, ValueError):
     """Prompt pairs that cannot be used; the message names the prompt and what to do."""
 
 
@@ -375,7 +377,14 @@ class _Codec:
         return ids
 
     def answer(self, text: str) -> list:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None and unk in ids and text.strip() != getattr(self.tokenizer, "unk_token", None):
+            raise PromptError(
+                f"answer {text!r} is not in the tokenizer's vocabulary (it becomes the unknown token "
+                f"{self.tokenizer.unk_token!r}); use a word the model knows"
+            )
+        return ids
 
     def show(self, ids) -> list:
         return self.tokenizer.convert_ids_to_tokens(list(ids))
@@ -389,6 +398,10 @@ def _as_list(prompts, which: str) -> list:
     if isinstance(prompts, str):
         raise PromptError(f"{which} must be a list of prompts, got a single string {prompts!r}")
     if isinstance(prompts, torch.Tensor):
+        if prompts.is_meta:
+            raise PromptError(f"{which} tokens are a tensor on the meta device, which holds no values; pass real token ids")
+        if prompts.is_floating_point() or prompts.is_complex():
+            raise PromptError(f"{which} tokens must be integer token ids, got a {str(prompts.dtype).removeprefix('torch.')} tensor")
         if prompts.ndim != 2:
             raise PromptError(f"{which} tokens must be a [batch, seq] tensor, got shape {tuple(prompts.shape)}")
         return prompts.tolist()

@@ -16,3 +16,16 @@ def model():
 @pytest.fixture(scope="session")
 def pairs():
     return random_pairs()
+
+
+@pytest.fixture(scope="session")
+def warm_imports():
+    """In-process pytester drops modules an inner run imported first, which breaks transformers'
+    lazy imports (and pyarrow's one-time registrations) in the next run; importing them here, in
+    the outer session, keeps them for every run. Tests that run pytester sessions request it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    from pytest_circuits.toys import induction, redundant
+
+    redundant.load()
+    induction.load()

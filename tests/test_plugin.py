@@ -10,15 +10,8 @@ REDUNDANT = "toy:redundant"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _heavy_imports_outside_pytester():
-    """In-process pytester drops modules an inner run imported first, which breaks transformers'
-    lazy imports in the next run; importing them here keeps them for every run."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
-    from pytest_circuits.toys import induction, redundant
-
-    redundant.load()
-    induction.load()
+def _warm(warm_imports):
+    """Every test here runs pytester sessions (see ``warm_imports``)."""
 
 CLAIMS = """
 import pytest

@@ -14,9 +14,10 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Protocol, Tuple
 import torch
 
 from ..circuit import ModelShape
+from ..errors import InputError
 
 
-class BackendError(TypeError):
+class BackendError(InputError, TypeError):
     """A model the engine cannot patch (unknown type, or missing a capability it needs)."""
 
 

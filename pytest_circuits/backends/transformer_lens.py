@@ -37,6 +37,20 @@ def is_transformer_lens_model(model) -> bool:
     return hasattr(model, "run_with_hooks") and hasattr(model, "cfg") and hasattr(model, "hook_dict")
 
 
+def _one_device(model, name: str) -> torch.device:
+    """The device all of the model's weights are on (prompts are moved there); mixed or meta is an error."""
+    devices = {p.device for p in model.parameters()}
+    if not devices:
+        return torch.device("cpu")
+    if len(devices) > 1:
+        listed = ", ".join(sorted(str(d) for d in devices))
+        raise BackendError(f"model {name!r} has weights on several devices ({listed}); move it to one, e.g. model.to('cuda')")
+    device = devices.pop()
+    if device.type == "meta":
+        raise BackendError(f"model {name!r} has its weights on the meta device (not loaded); load real weights before patching")
+    return device
+
+
 class TransformerLensBackend:
     """Runs patched forwards through ``run_with_hooks``."""
 
@@ -55,10 +69,7 @@ class TransformerLensBackend:
         )
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
-        try:
-            self.device = next(model.parameters()).device
-        except StopIteration:
-            self.device = torch.device("cpu")
+        self.device = _one_device(model, self.name)
         self._check_hooks()
 
     def _check_hooks(self) -> None:

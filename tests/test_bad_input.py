@@ -1,0 +1,263 @@
+"""Bad input, end to end: every case gives one of this package's errors (never a torch error from
+deep inside a forward), and the message names the culprit and what to do.
+
+Each test goes through a public entry point (``assert_sufficient``, ``PromptPairs``,
+``Circuit.load``), as a user would. What a pytest session shows for them (the user's line and the
+message, snapshots and reports unharmed) is checked with pytester at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pytest_circuits import (
+    BackendError,
+    Circuit,
+    CircuitError,
+    MetricError,
+    PatchingError,
+    PromptError,
+    PromptPairs,
+    ThresholdError,
+    assert_necessary,
+    assert_sufficient,
+    denoise,
+)
+from pytest_circuits.errors import InputError
+from pytest_circuits.toys import redundant
+
+
+@pytest.fixture(scope="module")
+def model():
+    return redundant.load()
+
+
+def pairs(**changes) -> PromptPairs:
+    """One good pair on the OR-gate toy, with ``changes`` applied."""
+    given = {"clean": ["alice said hi"], "corrupt": ["someone said hi"], "answers": [("alice", "someone")], "tokenizer": redundant.tokenizer()}
+    return PromptPairs(**{**given, **changes})
+
+
+def fails(error_type, match, call):
+    """``call()`` raises ``error_type`` (always one of ours) with a message matching ``match``."""
+    with pytest.raises(error_type, match=match) as raised:
+        call()
+    assert isinstance(raised.value, InputError)
+    return str(raised.value)
+
+
+def test_the_good_pair_works(model):
+    assert assert_sufficient(model, pairs(), "L0H0", 0.9).score == pytest.approx(1.5, abs=1e-5)
+
+
+# -- prompts --------------------------------------------------------------------------------------
+def test_clean_and_corrupt_of_different_lengths(model):
+    message = fails(PromptError, "prompt 0: clean and corrupt tokenize to different lengths \\(4 vs 3 tokens\\)", lambda: pairs(corrupt=["someone said"]))
+    assert "['<bos>', 'someone', 'said']" in message and "reword one" in message
+
+
+def test_answers_of_several_tokens(model):
+    fails(PromptError, "prompt 0: answer 'alice bob' is 2 tokens \\['alice', 'bob'\\]; answers must be single tokens", lambda: pairs(answers=[("alice bob", "someone")]))
+
+
+def test_answers_outside_the_vocabulary(model):
+    fails(PromptError, "answer 'zebra' is not in the tokenizer's vocabulary", lambda: pairs(answers=[("zebra", "someone")]))
+    ids = PromptPairs([[0, 4, 5]], [[0, 8, 5]], [(10**6, 8)])
+    fails(PromptError, "prompt 0: answer token id 1000000 is outside the model's vocabulary \\(0-15\\)", lambda: assert_sufficient(model, ids, "L0H0"))
+
+
+def test_prompt_tokens_that_are_not_token_ids(model):
+    fails(PromptError, "clean tokens must be integer token ids, got a float32 tensor", lambda: PromptPairs(torch.rand(2, 3), [[0, 1, 2]] * 2, [(1, 2)] * 2))
+    fails(PromptError, "prompt 1: corrupt prompt holds 2.5", lambda: PromptPairs([[0, 1], [0, 1]], [[0, 2], [0, 2.5]], [(1, 2)] * 2))
+    ids = PromptPairs([[0, 4, 99]], [[0, 8, 99]], [(4, 8)])
+    fails(PromptError, "prompt 0: clean token id 99 is outside the model's vocabulary", lambda: denoise(model, ids, "L0H0"))
+
+
+def test_empty_prompt_sets(tmp_path):
+    fails(PromptError, "the prompt pairs are empty", lambda: PromptPairs([], [], []))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("# only a comment\n\n")
+    fails(PromptError, "empty.jsonl: no prompt pairs", lambda: PromptPairs.from_jsonl(empty))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", ":2: not valid JSON"),
+        ('{"clean": [0, 1]}', ":2: missing 'corrupt', 'answers'"),
+        ('{"clean": [0, 1], "corrupt": [0, 1, 2], "answers": [1, 2]}', ":2: prompt 1: clean and corrupt tokenize to different lengths"),
+        ('{"clean": [0, 1], "corrupt": [0, 2], "answers": [1, 2], "positions": [1]}', ":2: 'positions' must be an object"),
+        ('{"clean": [0, 1], "corrupt": [0, 2], "answers": "alice"}', ":2: prompt 1: answers must be a \\(correct, incorrect\\) pair"),
+    ],
+)
+def test_malformed_prompt_files_name_the_line(tmp_path, line, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"clean": [0, 1], "corrupt": [0, 2], "answers": [1, 2]}\n' + line + "\n")
+    fails(PromptError, "pairs\\.jsonl" + message, lambda: PromptPairs.from_jsonl(path))
+
+
+def test_clean_and_corrupt_that_do_not_differ_on_the_metric(model):
+    same = pairs(corrupt=["alice said hi"])
+    fails(PatchingError, "clean and corrupt runs do not differ on logit_diff \\(clean 2, corrupt 2\\)", lambda: assert_sufficient(model, same, "L0H0"))
+    several = pairs(corrupt={"nobody": ["someone said hi"], "same": ["alice said hi"]})
+    fails(PatchingError, "corrupt set 'same'", lambda: assert_sufficient(model, several, "L0H0"))
+
+
+# -- circuits -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "circuit, message",
+    [
+        ("L3H0", "'L3H0': layer 3 is out of range: the model has 1 layers \\(0-0\\), 3 heads per layer \\(0-2\\)"),
+        ("L0H7", "'L0H7': head 7 is out of range"),
+        ("L0N9", "'L0N9': neuron 9 is out of range"),
+        ("L0Q1", "unknown component 'L0Q1': expected embed, L\\{layer\\}H\\{head\\}"),
+        ("L0H0 -> L1H0", "'L1H0': layer 1 is out of range"),
+        ("MLP0 -> L0H0", "edge 'MLP0 -> L0H0' points backwards: L0H0 reads the residual stream before MLP0 writes to it"),
+        ("L0H0 -> L0H1", "edge 'L0H0 -> L0H1' points backwards"),
+        ("L0H0@Nobel", "names position 'Nobel', but the prompt pairs name only \\['END'\\]"),
+        ("L0H0@9", "position 9 is outside prompt 0, which has 4 tokens"),
+    ],
+)
+def test_components_and_edges_that_do_not_exist_or_point_backwards(model, circuit, message):
+    error = (PromptError, CircuitError)
+    with pytest.raises(error, match=message):
+        assert_sufficient(model, pairs(), circuit)
+
+
+def test_malformed_circuit_files_name_the_line(tmp_path):
+    cases = {
+        "syntax.toml": ('name = "x"\nnodes = ["L0H1",\n', "syntax.toml: not valid TOML"),
+        "component.toml": ('name = "x"\nnodes = [\n  "L0H1",\n  "L9Q",\n]\n', "component.toml:4: unknown component 'L9Q'"),
+        "syntax.json": ('{"nodes": ["L0H1",\n "L0H2"\n', "syntax.json:3: not valid JSON"),
+        "mixed.json": ('{\n "nodes": ["L0H1 -> logits"]\n}\n', "mixed.json:2: 'nodes' holds edges"),
+        "neither.toml": ('heads = ["L0H1"]\n', "neither.toml: expected a table with a 'nodes' list or an 'edges' list"),
+        "circuit.yaml": ("nodes: [L0H1]\n", "use a .toml or .json file"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        fails(CircuitError, message.replace(".", "\\.").replace("[", "\\["), lambda: Circuit.load(path))
+    fails(CircuitError, "cannot read circuit file", lambda: Circuit.load(tmp_path / "missing.toml"))
+
+
+# -- numbers --------------------------------------------------------------------------------------
+def test_nan_or_infinite_logits():
+    broken = redundant.load()
+    unembedding = next(p for name, p in broken.named_parameters() if "lm_head" in name or "unembed" in name)
+    with torch.no_grad():
+        unembedding.fill_(math.nan)
+    fails(MetricError, "metric 'logit_diff' is nan on prompt 0 .*the model produced NaN or infinite logits", lambda: assert_sufficient(broken, pairs(), "L0H0"))
+
+
+@pytest.mark.parametrize(
+    "threshold, message",
+    [
+        ("0.9", "threshold must be a finite number such as 0.9, got '0.9'"),
+        (None, "threshold must be a finite number such as 0.9, got None"),
+        (True, "threshold must be a finite number"),
+        (math.nan, "threshold must be a finite number"),
+        (math.inf, "threshold must be a finite number"),
+        (90, "threshold 90 makes no sense: .* if 90 is a percentage, write 0.9"),
+        (-0.2, "threshold -0.2 makes no sense: it is a fraction of the clean-corrupt gap, between 0 and 1.5"),
+    ],
+)
+def test_thresholds_that_are_not_numbers_or_make_no_sense(model, threshold, message):
+    fails(ThresholdError, message, lambda: assert_necessary(model, pairs(), "L0H0", threshold))
+
+
+def test_confidence_that_makes_no_sense(model):
+    with pytest.raises(TypeError, match="confidence must be a number between 0 and 1"):
+        assert_sufficient(model, pairs(), "L0H0", 0.9, confidence=95)
+
+
+# -- models ---------------------------------------------------------------------------------------
+def test_a_model_without_hooks(model):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    plain = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
+    message = fails(BackendError, "cannot patch a transformers.*GPT2LMHeadModel", lambda: assert_sufficient(plain, pairs(), "L0H0"))
+    assert "TransformerBridge.boot_transformers" in message
+    fails(BackendError, "cannot patch a torch.nn.modules.linear.Linear", lambda: denoise(torch.nn.Linear(2, 2), pairs(), "L0H0"))
+
+
+def test_a_model_on_no_device_or_on_several():
+    unloaded = redundant.load()
+    unloaded.to("meta")
+    fails(BackendError, "has its weights on the meta device \\(not loaded\\)", lambda: denoise(unloaded, pairs(), "L0H0"))
+    split = redundant.load()
+    split.blocks[0].to("meta")
+    fails(BackendError, "has weights on several devices \\(cpu, meta\\); move it to one", lambda: denoise(split, pairs(), "L0H0"))
+    fails(PromptError, "tensor on the meta device", lambda: PromptPairs(torch.zeros(1, 3, dtype=torch.long, device="meta"), [[0, 1, 2]], [(1, 2)]))
+
+
+def test_prompts_follow_the_model_to_its_device_and_dtype(model):
+    """Token ids carry no device or dtype of their own: they are moved to the model's device, and
+    metrics are computed in float64 whatever the model's dtype."""
+    half = redundant.load(dtype=torch.bfloat16)
+    assert next(half.parameters()).dtype == torch.bfloat16
+    result = denoise(half, pairs(), "L0H0")
+    assert isinstance(result.score, float) and result.score == pytest.approx(1.5, abs=0.05)
+
+
+def test_an_unknown_device_in_the_plugin_settings():
+    from pytest_circuits.loading import ModelSpecError, resolve_device
+
+    with pytest.raises(ModelSpecError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(ModelSpecError, match="meta device holds no weights"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelSpecError, match="this machine has no CUDA GPU"):
+            resolve_device("cuda")
+
+
+# -- in a pytest session --------------------------------------------------------------------------
+SNAPSHOTTED = """
+from pytest_circuits import PromptPairs
+from pytest_circuits.toys import redundant
+
+def test_claim(circuits, circuit_snapshot):
+    circuits.assert_sufficient("L0H0", 0.9, snapshot=circuit_snapshot)
+"""
+
+BROKEN = """
+import pytest
+from pytest_circuits import PromptPairs, assert_sufficient
+from pytest_circuits.toys import redundant
+
+def test_claim(circuits, circuit_snapshot):
+    bad = PromptPairs(["alice said hi"], ["someone said"], [("alice", "someone")], tokenizer=redundant.tokenizer())
+    circuits.assert_sufficient("L0H0", 0.9, snapshot=circuit_snapshot)
+
+def test_typo_in_a_circuit(circuits):
+    circuits.assert_sufficient("L0H9", 0.9)
+
+def test_threshold_in_percent(circuits):
+    circuits.assert_sufficient("L0H0", 90)
+"""
+
+
+def test_a_session_with_bad_input_shows_the_users_line_and_harms_no_snapshot_or_report(pytester, warm_imports):
+    pytester.makeini("[pytest]\ncircuits_model = toy:redundant\ncircuits_report = report.json\n")
+    pytester.makepyfile(test_claims=SNAPSHOTTED)
+    pytester.runpytest("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=1)
+    report = (pytester.path / "report.json").read_bytes()
+    snapshots = {path: path.read_bytes() for path in pytester.path.rglob("__snapshots__/**/*") if path.is_file()}
+    assert snapshots and json.loads(report)["claims"][0]["verdict"] == "holds"
+
+    pytester.makepyfile(test_claims=BROKEN)
+    for update in ((), ("--snapshot-update",)):
+        result = pytester.runpytest("-p", "no:cacheprovider", *update)
+        result.assert_outcomes(failed=3)
+        output = result.stdout.str()
+        assert "pytest_circuits.prompts.PromptError: prompt 0: clean and corrupt tokenize to different lengths" in output
+        assert "pytest_circuits.nodes.CircuitError: 'L0H9': head 9 is out of range" in output
+        assert "if 90 is a percentage, write 0.9" in output
+        assert "site-packages/torch" not in output and "pytest_circuits/prompts.py" not in output  # the user's lines only
+        assert {path: path.read_bytes() for path in snapshots} == snapshots  # not rewritten, not deleted
+        assert "circuit report NOT written: 3 test(s) stopped on bad input" in output
+        assert (pytester.path / "report.json").read_bytes() == report  # the last good run's, untouched
