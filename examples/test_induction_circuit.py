@@ -30,3 +30,16 @@ def test_the_circuit_recovers_the_behaviour(circuits, circuit_snapshot):
 def test_the_two_heads_alone_are_not_the_whole_story(circuits):
     """Without the MLPs (circuit-only corrupts everything not named) the heads recover ~57%."""
     assert circuits.circuit_only(f"{PREVIOUS_TOKEN} {INDUCTION}").score < 0.9
+
+
+@pytest.mark.circuit(PREVIOUS_TOKEN, INDUCTION, "MLP*")
+def test_every_component_earns_its_place(circuits):
+    circuits.assert_minimal(0.1)
+
+
+def test_two_of_eight_heads_recover_the_behaviour(circuits):
+    """Grow circuits head by head in the order of a noise sweep (MLPs always kept): the pareto
+    curve reaches 90% at two heads, the two of the claim."""
+    curve = circuits.pareto(circuits.sweep("heads", "noise"), base="MLP*")
+    assert curve.smallest(0.9) == 2
+    assert set(curve.ranking[:2]) == {PREVIOUS_TOKEN, INDUCTION}

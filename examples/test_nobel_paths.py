@@ -33,3 +33,16 @@ def test_noising_every_path_but_the_three_keeps_the_behaviour(circuits):
 def test_noising_all_but_two_of_the_paths_breaks_it(circuits, dropped):
     rest = [edge for edge in KEPT if edge != dropped]
     assert circuits.circuit_only(", ".join([*rest, OUTPUT])).score < 0.5
+
+
+# One corruption hides what it leaves intact: the same clean prompts with three corrupt sets.
+@pytest.mark.prompts("pytest_circuits.toys.nobel:prompt_pairs_by_corruption")
+def test_the_neuron_is_sufficient_under_every_corruption(circuits):
+    circuits.assert_sufficient("L1N42", 0.9)  # checked under both, first_word and second_word
+
+
+@pytest.mark.prompts("pytest_circuits.toys.nobel:prompt_pairs_by_corruption")
+def test_the_head_matters_only_when_the_first_word_is_corrupted(circuits):
+    circuits.assert_sufficient("L0H0", 0.9, corruption="first_word")
+    with pytest.raises(AssertionError, match="not sufficient under 'both' .*'second_word'"):
+        circuits.assert_sufficient("L0H0", 0.9)

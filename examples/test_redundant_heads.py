@@ -33,3 +33,16 @@ def test_leaving_the_negative_head_out_recovers_more_than_everything(circuits, c
     result = circuits.assert_recovers(1.0)
     assert result.score > 1.2  # shown as measured, never clipped to 1
     assert result == circuit_snapshot
+
+
+def test_the_diagnostic_finds_the_backup_pair_and_the_negative_head(circuits):
+    found = circuits.diagnose("L0H0 L0H1")
+    assert found.backup  # noised one at a time they do nothing; together they break the task
+    assert found.compensation_ratio < 0.05
+    assert [name for name, _ in found.wrong_way] == ["L0H2"]
+
+
+def test_one_head_and_the_gate_are_a_minimal_circuit(circuits):
+    circuits.assert_minimal("L0H0 MLP0", 0.5)  # each removal costs the whole 1.5
+    with pytest.raises(AssertionError, match="do not earn their place"):
+        circuits.assert_minimal("L0H0 L0H1 MLP0", 0.5)  # either head backs the other up

@@ -444,3 +444,38 @@ def test_confidence_reaches_the_table_and_the_report(pytester):
     run(pytester, "--circuits-report", "report.json").stdout.fnmatch_lines(["*noise*L0H0 L0H1*1.5000 [[]1.500, 1.500[]]*0.9*holds*"])
     row = json.loads((pytester.path / "report.json").read_text())["claims"][0]
     assert row["ci_low"] == pytest.approx(1.5, abs=1e-5) and row["ci_high"] == pytest.approx(1.5, abs=1e-5)
+
+
+def test_several_corruptions_reach_the_table_the_report_and_the_snapshot(pytester):
+    pytester.makepyfile(
+        test_sets="""
+        import pytest
+
+        pytestmark = [pytest.mark.circuit_model("toy:nobel"), pytest.mark.prompts("pytest_circuits.toys.nobel:prompt_pairs_by_corruption")]
+
+        def test_head(circuits, circuit_snapshot):
+            circuits.assert_sufficient("L0H0", 0.9, snapshot=circuit_snapshot)
+
+        def test_minimal(circuits):
+            circuits.assert_minimal("L0H0 L1N42", 0.5)
+        """
+    )
+    result = run(pytester, "--circuits-report", "report.json", "--snapshot-update")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*circuit claim failed under 2 of 3 corruptions: L0H0 is not sufficient under 'both' (0.0000), 'second_word' (0.0000); it holds under 'first_word' (1.0000)",
+            "*test_head*denoise*L0H0 ?first_word?*1.0000*0.9*holds*",  # ? for [ ], which fnmatch reads as a set
+            "*test_head*denoise*L0H0 ?second_word?*0.0000*0.9*FAILS*",
+            # minimal under second_word: L0H0 is not needed when only Peace was corrupted
+            "*test_minimal*minimal*L0H0 L1N42 ?second_word?*0.0000*0.5*FAILS*",
+        ]
+    )
+    rows = json.loads((pytester.path / "report.json").read_text())["claims"]
+    assert [(r["kind"], r["corruption"], r["verdict"]) for r in rows[:3]] == [
+        ("denoise", "both", "FAILS"),
+        ("denoise", "first_word", "holds"),
+        ("denoise", "second_word", "FAILS"),
+    ]
+    stored = next(pytester.path.rglob("__snapshots__/**/test_head.txt")).read_text()
+    assert "second_word.recovered: 0\n" in stored and "first_word.recovered: 1\n" in stored
