@@ -79,7 +79,7 @@ def test_loading_malformed_files_names_file_and_line(tmp_path):
         Circuit.load(bad_toml)
     bad_node = tmp_path / "n.json"
     bad_node.write_text(json.dumps({"nodes": ["L0H1", "L0Q9"]}))
-    with pytest.raises(CircuitError, match=r"n\.json: unknown component 'L0Q9'"):
+    with pytest.raises(CircuitError, match=r"n\.json:1: unknown component 'L0Q9'"):
         Circuit.load(bad_node)
     no_nodes = tmp_path / "x.toml"
     no_nodes.write_text('name = "x"\n')

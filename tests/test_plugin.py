@@ -407,12 +407,14 @@ def test_checkpoints_rerun_the_example_claims_and_show_what_moved(pytester):
 
     result = run(pytester, "--circuits-checkpoint", "toy:induction", "--circuits-checkpoint", "./damaged", "--circuits-report", "report.json")
 
-    result.assert_outcomes(passed=5, failed=3)
+    result.assert_outcomes(passed=7, failed=5)
     failed = sorted(r.nodeid.split("::")[-1] for r in result.reprec.getfailures() if r.when == "call")
     assert failed == [
+        "test_every_component_earns_its_place[damaged]",
         "test_induction_head_is_sufficient[damaged]",
         "test_previous_token_head_is_necessary[damaged]",
         "test_the_circuit_recovers_the_behaviour[damaged]",
+        "test_two_of_eight_heads_recover_the_behaviour[damaged]",
     ]
     result.stdout.fnmatch_lines(["*circuit claim failed: L1H1 is not sufficient on logit_diff*", "*snapshot changed:*", "*numbers that moved beyond*", "*recovered: 1.00011 → 0 (moved -1*"])
     report = json.loads((pytester.path / "report.json").read_text())
@@ -425,6 +427,8 @@ def test_checkpoints_rerun_the_example_claims_and_show_what_moved(pytester):
         ("test_previous_token_head_is_necessary[damaged]", "damaged"): "holds, snapshot changed",
         ("test_induction_head_is_sufficient[damaged]", "damaged"): "FAILS, snapshot changed",
         ("test_the_circuit_recovers_the_behaviour[damaged]", "damaged"): "holds, snapshot changed",
+        ("test_every_component_earns_its_place[toy:induction]", "toy:induction"): "holds",
+        ("test_every_component_earns_its_place[damaged]", "damaged"): "FAILS",
     }
     assert report["meta"]["checkpoints"] == ["toy:induction", "./damaged"]
     assert {p: p.read_bytes() for p in (pytester.path / "__snapshots__").rglob("*.txt")} == snapshots
