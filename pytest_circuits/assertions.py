@@ -188,10 +188,15 @@ def assert_recovers(
 
 def assert_minimal(
     model, pairs: PromptPairs, circuit: CircuitLike, epsilon: float = 0.01, *,
-    metric="logit_diff", ablation: str = "corrupt", corruption=None, snapshot=None,
+    metric="logit_diff", ablation: str = "corrupt", confidence=None, corruption=None, snapshot=None,
 ) -> Measured:
     """Taking any one component out of ``circuit`` lowers its circuit-only recovery by at least
-    ``epsilon``; the failure names the components that do not earn their place."""
+    ``epsilon`` (with ``confidence``: each drop's bootstrap lower bound does); the failure names the
+    components that do not earn their place."""
     epsilon = validate_epsilon(epsilon)
-    measured = measure_under(pairs, corruption, lambda name: minimality(patcher(model, pairs, ablation, name), circuit, metric=metric))
+
+    def measure(name):
+        return minimality(patcher(model, pairs, ablation, name), circuit, metric=metric, confidence=confidence)
+
+    measured = measure_under(pairs, corruption, measure)
     return check(measured, epsilon, snapshot)

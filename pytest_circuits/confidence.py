@@ -34,13 +34,20 @@ def bootstrap_interval(
     seed: int = SEED,
 ) -> Tuple[float, float]:
     """Two-sided percentile interval of the score at ``confidence`` (per-prompt inputs, [n])."""
-    clean, corrupt, patched = (x.detach().double().cpu() for x in (clean, corrupt, patched))
-    n = len(clean)
+    effect = clean - patched if kind == "noise" else patched - corrupt
+    return bootstrap_ratio(effect, clean - corrupt, confidence, resamples, seed)
+
+
+def bootstrap_ratio(
+    numerator: torch.Tensor, denominator: torch.Tensor, confidence: float, resamples: int = N_RESAMPLES, seed: int = SEED
+) -> Tuple[float, float]:
+    """Percentile interval of mean(numerator) / mean(denominator) over prompts resampled together."""
+    numerator, denominator = (x.detach().double().cpu() for x in (numerator, denominator))
+    n = len(numerator)
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randint(n, (resamples, n), generator=generator)
-    gap = clean[picks].mean(1) - corrupt[picks].mean(1)
-    effect = clean[picks].mean(1) - patched[picks].mean(1) if kind == "noise" else patched[picks].mean(1) - corrupt[picks].mean(1)
-    scores = effect / gap
+    gap = denominator[picks].mean(1)
+    scores = numerator[picks].mean(1) / gap
     scores = scores[torch.isfinite(scores) & (gap.abs() > 1e-12)]
     if len(scores) == 0:
         return (float("nan"), float("nan"))

@@ -106,7 +106,7 @@ class CircuitSession:
         """The circuit alone, everything else corrupted, recovers at least ``fraction`` (default 0.9)."""
         return self._claim("circuit_only", circuit, fraction, 0.9, metric, ablation, snapshot, confidence, corruption)
 
-    def assert_minimal(self, circuit=None, epsilon: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, corruption=None):
+    def assert_minimal(self, circuit=None, epsilon: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, confidence=None, corruption=None):
         """Taking any one component out lowers circuit-only recovery by at least ``epsilon`` (default 0.01)."""
         from .minimality import minimality
 
@@ -115,7 +115,7 @@ class CircuitSession:
         circuit = self._circuit(circuit)
 
         def measure(name):
-            return minimality(self.patcher(ablation, name), circuit, metric=metric or self.metric)
+            return minimality(self.patcher(ablation, name), circuit, metric=metric or self.metric, confidence=confidence)
 
         return check(measure_under(self.pairs, corruption, measure), epsilon, snapshot)
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 from random_models import random_gpt2, random_pairs
+
+# Property tests draw the same examples on every run, so CI verdicts are reproducible; search
+# with fresh random examples: `pytest --hypothesis-profile=explore tests/test_properties.py`.
+settings.register_profile("default", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("default")
 
 pytest_plugins = ["pytester"]
 

@@ -210,3 +210,22 @@ def test_a_chain_overlaps_rather_than_backs_up():
 def test_summaries_flag_scores_above_one(or_gate, or_pairs):
     over = assert_recovers(or_gate, or_pairs, "L0H0 L0H1 MLP0", 0.9)
     assert "negative components left out?" in over.summary()
+
+
+def test_minimality_with_confidence_flips_as_the_prompt_count_shrinks():
+    """MLP1 costs the induction circuit 0.14-0.16: its lower bound clears 0.1 on 64 prompts, not on 16."""
+    model = induction.load()
+    many = assert_minimal(model, induction.prompt_pairs(n=64), "L0H1 L1H1 MLP*", 0.1, confidence=0.95)
+    assert many.ci[0] >= 0.1 and "drop_low[MLP1]" in many.to_text()
+    with pytest.raises(AssertionError, match="(?s)MLP1 \\(95% lower bound of the drop 0.09[0-9]*\\).*about [0-9]+ are needed \\(now 16\\)"):
+        assert_minimal(model, induction.prompt_pairs(n=16), "L0H1 L1H1 MLP*", 0.1, confidence=0.95)
+
+
+def test_the_diagnostic_reads_edges_too(nobel_model):
+    """The AND of the nobel toy: either path alone breaks it, so their damages overlap (ratio 2).
+    A bare head receiver is its q, k and v inputs; only v matters (the pattern is positional)."""
+    found = diagnose(nobel_model, nobel.prompt_pairs(), "embed@Nobel -> L0H0, embed@Peace -> L1N42")
+    expected = {"embed@Nobel -> L0H0.k": 0.0, "embed@Nobel -> L0H0.q": 0.0, "embed@Nobel -> L0H0.v": 1.0, "embed@Peace -> L1N42": 1.0}
+    assert dict(found.individual) == pytest.approx(expected, abs=EXACT)
+    assert found.compensation_ratio == pytest.approx(2.0, abs=EXACT)
+    assert not found.backup and found.wrong_way == ()
