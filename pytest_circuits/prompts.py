@@ -125,7 +125,8 @@ class PromptPairs:
             raise PromptError("the prompt pairs are empty: give at least one clean/corrupt pair")
         self.corruptions = _corrupt_sets(corrupt, len(self.clean))
         self.corrupt = next(iter(self.corruptions.values()))  # the default set
-        self.corruption: Optional[str] = None  # this set's name, on a view made by ``only``
+        # this set's name: on a view made by ``only``, or when the pairs name their only set
+        self.corruption: Optional[str] = next(iter(self.corruptions)) if len(self.corruptions) == 1 else None
         self.answers = _answer_list(answers, len(self.clean))
         self.positions = dict(positions or {})
         self.tokenizer = tokenizer

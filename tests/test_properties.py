@@ -376,6 +376,27 @@ def test_a_bad_line_is_reported_with_its_physical_line_number(prompt_dir, case, 
     assert f"{path}:{linenos[row]}:" in str(error.value)
 
 
+CORRUPTION_NAMES = st.lists(st.from_regex(r"[a-z][a-z_0-9]{0,8}", fullmatch=True), min_size=1, max_size=3, unique=True)
+
+
+@FAST
+@given(prompt_records(), CORRUPTION_NAMES, st.randoms(use_true_random=False))
+def test_named_corrupt_sets_load_set_by_set(prompt_dir, records, names, rng):
+    """Several named corrupt sets per line: each set arrives whole, in the first line's order, and
+    its view encodes exactly those prompts."""
+    for record in records:
+        length = len(record["clean"])
+        record["corrupt"] = {name: [rng.randrange(50_000) for _ in range(length)] for name in names}
+    pairs = PromptPairs.from_jsonl(write(prompt_dir, [json.dumps(r) for r in records]))
+    assert pairs.corruption_names == tuple(names)
+    for name in names:
+        view = pairs.only(name)
+        assert view.corruption == name and view.corrupt == [r["corrupt"][name] for r in records]
+        encoded = view.encode()
+        for row, record in enumerate(records):
+            assert encoded.corrupt[row, : len(record["clean"])].tolist() == record["corrupt"][name]
+
+
 # -- bugs these properties found, kept as regression tests ---------------------------------------
 def test_layer_and_head_senders_into_one_receiver_print():
     """``L0 -> logits`` next to ``L0H0 -> logits``: sorting the senders mixes key types."""
