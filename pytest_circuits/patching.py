@@ -44,7 +44,7 @@ class Patcher:
 
     def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt", seed: int = 0, corruption: Optional[str] = None):
         if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+            raise PatchingError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
         self.seed = seed  # for ``resample``: which other corrupt prompt each prompt takes values from
         if not isinstance(pairs, PromptPairs):
             raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")

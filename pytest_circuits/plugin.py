@@ -306,8 +306,9 @@ def pytest_runtest_makereport(item, call):
         trimmed = _without_package_frames(excinfo.tb)
         if trimmed is not None:
             call.excinfo = pytest.ExceptionInfo.from_exc_info((excinfo.type, excinfo.value, trimmed))
-    if excinfo is not None and excinfo.errisinstance(InputError):
-        item.config.stash[STATE].bad_input.append(item.nodeid)
+    bad_input = item.config.stash[STATE].bad_input
+    if excinfo is not None and _bad_input(excinfo) and item.nodeid not in bad_input:
+        bad_input.append(item.nodeid)
     report = yield
     if report.when == "call":
         item.stash[CALL_FAILED] = report.failed
@@ -328,6 +329,13 @@ def _without_package_frames(tb):
     for entry in reversed(kept):
         chain = types.TracebackType(chain, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return chain
+
+
+def _bad_input(excinfo) -> bool:
+    """An input error from the engine, or one of this plugin's one-line refusals (no model, bad
+    prompt source, bad circuit marker: each ``pytest.fail("pytest-circuits: ...")``)."""
+    refused = excinfo.errisinstance(pytest.fail.Exception) and str(excinfo.value).startswith("pytest-circuits:")
+    return refused or excinfo.errisinstance(InputError)
 
 
 def _explained(excinfo) -> bool:

@@ -261,3 +261,24 @@ def test_a_session_with_bad_input_shows_the_users_line_and_harms_no_snapshot_or_
         assert {path: path.read_bytes() for path in snapshots} == snapshots  # not rewritten, not deleted
         assert "circuit report NOT written: 3 test(s) stopped on bad input" in output
         assert (pytester.path / "report.json").read_bytes() == report  # the last good run's, untouched
+
+
+def test_a_refused_prompt_source_also_leaves_the_report_alone(pytester, warm_imports):
+    pytester.makeini("[pytest]\ncircuits_model = toy:redundant\ncircuits_report = report.json\n")
+    (pytester.path / "report.json").write_text('{"meta": {}, "claims": ["from the last good run"]}\n')
+    pytester.makepyfile(
+        test_claims="""
+        import pytest
+
+        @pytest.mark.prompts("missing.jsonl")
+        def test_claim(circuits):
+            circuits.assert_sufficient("L0H0", 0.9)
+
+        def test_good(circuits):
+            circuits.assert_sufficient("L0H0", 0.9)
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*pytest-circuits: prompt source 'missing.jsonl'*", "*circuit report NOT written: 1 test(s) stopped on bad input*"])
+    assert json.loads((pytester.path / "report.json").read_text())["claims"] == ["from the last good run"]
