@@ -44,9 +44,10 @@ class EdgeScores:
         return "\n".join(lines) + "\n"
 
 
-def attribute(model, pairs, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", ablation: str = "corrupt"):
-    """Estimated recovered fraction (denoise) or damage (noise) of every component of kind ``over``."""
-    return Attributor(cached_patcher(model, pairs, ablation)).attribute(over, mode, metric=metric)
+def attribute(model, pairs, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", ablation: str = "corrupt", corruption=None):
+    """Estimated recovered fraction (denoise) or damage (noise) of every component of kind ``over``
+    (under the pairs' first corrupt set unless ``corruption`` names another)."""
+    return Attributor(cached_patcher(model, pairs, ablation, corruption)).attribute(over, mode, metric=metric)
 
 
 class Attributor:

@@ -97,9 +97,12 @@ def sweep(
     per_position: bool = False,
     budget_bytes: int = DEFAULT_BUDGET,
     progress: Union[bool, Callable[[int, int], None]] = False,
+    corruption: Optional[str] = None,
 ) -> SweepResult:
-    """Patch every component of kind ``over`` alone and score it (see ``Sweeper``)."""
-    return Sweeper(cached_patcher(model, pairs, ablation), budget_bytes).sweep(over, mode, metric=metric, per_position=per_position, progress=progress)
+    """Patch every component of kind ``over`` alone and score it (see ``Sweeper``), under the
+    pairs' first corrupt set unless ``corruption`` names another."""
+    patcher = cached_patcher(model, pairs, ablation, corruption)
+    return Sweeper(patcher, budget_bytes).sweep(over, mode, metric=metric, per_position=per_position, progress=progress)
 
 
 class Sweeper:

@@ -229,3 +229,8 @@ def test_the_diagnostic_reads_edges_too(nobel_model):
     assert dict(found.individual) == pytest.approx(expected, abs=EXACT)
     assert found.compensation_ratio == pytest.approx(2.0, abs=EXACT)
     assert not found.backup and found.wrong_way == ()
+
+
+def test_sweeps_run_under_a_named_corruption(nobel_model, nobel_sets):
+    scores = {name: sweep(nobel_model, nobel_sets, "heads", corruption=name).at(layer=0, head=0).item() for name in nobel_sets.corruption_names}
+    assert scores == pytest.approx({"both": 0.0, "first_word": 1.0, "second_word": 0.0}, abs=EXACT)
