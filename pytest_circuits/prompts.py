@@ -308,7 +308,7 @@ class PromptPairs:
             ids = list(prompt.tolist() if isinstance(prompt, torch.Tensor) else prompt)
         except TypeError:
             raise PromptError(f"prompt {i}: {which} prompt must be text or a list of token ids, got {prompt!r}") from None
-        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, float)) or t != int(t)]
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, float)) or (isinstance(t, float) and not t.is_integer())]
         if bad:
             raise PromptError(f"prompt {i}: {which} prompt holds {bad[0]!r}, which is not a token id (token ids are whole numbers)")
         return [int(t) for t in ids]

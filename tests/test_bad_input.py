@@ -73,6 +73,7 @@ def test_answers_outside_the_vocabulary(model):
 def test_prompt_tokens_that_are_not_token_ids(model):
     fails(PromptError, "clean tokens must be integer token ids, got a float32 tensor", lambda: PromptPairs(torch.rand(2, 3), [[0, 1, 2]] * 2, [(1, 2)] * 2))
     fails(PromptError, "prompt 1: corrupt prompt holds 2.5", lambda: PromptPairs([[0, 1], [0, 1]], [[0, 2], [0, 2.5]], [(1, 2)] * 2))
+    fails(PromptError, "prompt 0: clean prompt holds nan", lambda: PromptPairs([[0, math.nan]], [[0, 2]], [(1, 2)]))
     ids = PromptPairs([[0, 4, 99]], [[0, 8, 99]], [(4, 8)])
     fails(PromptError, "prompt 0: clean token id 99 is outside the model's vocabulary", lambda: denoise(model, ids, "L0H0"))
 
