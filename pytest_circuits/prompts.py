@@ -193,7 +193,7 @@ class PromptPairs:
         except OSError as error:
             raise PromptError(f"cannot read prompt file {str(path)!r}: {error.strerror}") from None
         clean, corrupt, answers, positions = [], [], [], {}
-        set_names, set_order = None, None  # the corrupt set names of the first line, when it names any
+        set_order = None  # the corrupt set names of the first line, in its order, when it names any
         records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
         for row, (lineno, line) in enumerate(records):
             where = f"{path}:{lineno}"
@@ -210,9 +210,9 @@ class PromptPairs:
                 raise PromptError(f"{where}: missing {', '.join(repr(m) for m in missing)}")
             names = sorted(record["corrupt"]) if isinstance(record["corrupt"], dict) else None
             if row == 0:
-                set_names, set_order = names, list(record["corrupt"]) if names else None
-            elif names != set_names:
-                first = "no named corrupt sets" if set_names is None else f"corrupt sets {set_names}"
+                set_order = list(record["corrupt"]) if names else None
+            elif names != (None if set_order is None else sorted(set_order)):
+                first = "no named corrupt sets" if set_order is None else f"corrupt sets {sorted(set_order)}"
                 raise PromptError(f"{where}: names {'no corrupt sets' if names is None else f'corrupt sets {names}'}, but line {records[0][0]} names {first}; every line needs the same ones")
             clean.append(record["clean"])
             corrupt.append(record["corrupt"])

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from .results import Claim, fixed
+from .results import Claim, fixed, negative_components_left_out
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 6
         circuit = _cut(row.circuit, circuit_width) + ("" if row.corruption is None else f" [{row.corruption}]")
         path, sep, name = row.test.partition("::")
         test = _cut(path.rsplit("/", 1)[-1] + sep + name, test_width)
-        flag = "  (>1: negative components left out?)" if row.score > 1.01 and row.kind in ("denoise", "circuit_only") else ""
+        flag = "  (>1: negative components left out?)" if negative_components_left_out(row.kind, row.score) else ""
         cells.append(
             (
                 test,

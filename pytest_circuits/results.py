@@ -24,6 +24,11 @@ def _num(value: float) -> str:
     return f"{value:.6g}"
 
 
+def negative_components_left_out(kind: str, score: float) -> bool:
+    """A recovered fraction clearly above 1: something working against the metric was left out."""
+    return kind in ("denoise", "circuit_only") and score > 1.01
+
+
 def fixed(value: float, digits: int = 4) -> str:
     """Fixed-point text without a negative zero."""
     return f"{round(value, digits) + 0.0:.{digits}f}"
@@ -114,7 +119,7 @@ class PatchResult:
         ]
         if with_score:
             lines.append(f"  {self.score_name} {fixed(self.score)}")
-        if self.score > 1.01 and self.kind != "noise":
+        if negative_components_left_out(self.kind, self.score):
             lines.append("  above 1: components that work against the metric were left out (negative components left out?)")
         if self.ci is not None:
             lines.append(f"  {self.confidence:.0%} interval [{fixed(self.ci[0])}, {fixed(self.ci[1])}] (bootstrap over prompts)")
