@@ -69,11 +69,13 @@ class Receiver:
         return out
 
 
-def reads(receiver: Receiver, sender: Node) -> bool:
-    """Whether ``receiver`` reads what ``sender`` writes: the sender must come first."""
+def reads(receiver: Receiver, sender: Node, parallel: bool = False) -> bool:
+    """Whether ``receiver`` reads what ``sender`` writes: the sender must come first. In parallel
+    blocks (``parallel``: GPT-NeoX, GPT-J) a layer's MLP reads the same stream as its attention,
+    so it does not read its own layer's heads."""
     if sender.kind == "embed" or receiver.kind == "logits":
         return True
-    if sender.kind == "head" and receiver.kind in ("mlp", "neuron"):
+    if sender.kind == "head" and receiver.kind in ("mlp", "neuron") and not parallel:
         return sender.layer <= receiver.layer  # the MLP reads after its own layer's attention
     return sender.layer < receiver.layer
 
@@ -124,7 +126,13 @@ class Edge:
         keep only the pairs that point forwards."""
         senders = _expand_sender(self.sender, shape)
         receivers = self.receiver.expand(shape)
-        edges = [Edge(s, r, self.position) for r in receivers for s in senders if reads(r, s)]
+        edges = [Edge(s, r, self.position) for r in receivers for s in senders if reads(r, s, shape.parallel)]
+        if not self.is_shorthand and not edges and shape.parallel and reads(self.receiver, self.sender):
+            raise CircuitError(
+                f"edge {str(self)!r} does not exist in this model: its blocks are parallel (attention and MLP of a "
+                f"layer read the same residual stream), so MLP{self.receiver.layer} never reads layer "
+                f"{self.sender.layer}'s heads; name a later MLP, or the heads' edges to later layers"
+            )
         if not self.is_shorthand and not edges:
             raise CircuitError(
                 f"edge {str(self)!r} points backwards: {self.receiver} reads the residual stream before "
@@ -197,4 +205,4 @@ def edge_graph(shape: ModelShape, split_mlps: bool = False) -> List[Edge]:
             else:
                 receivers.append(Receiver("mlp", layer))
     receivers.append(Receiver("logits"))
-    return [Edge(s, r) for r in receivers for s in senders if reads(r, s)]
+    return [Edge(s, r) for r in receivers for s in senders if reads(r, s, shape.parallel)]

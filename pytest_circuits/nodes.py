@@ -42,6 +42,7 @@ class ModelShape:
     d_mlp: int  # 0 for attention-only models
     d_vocab: int
     n_ctx: Optional[int] = None
+    parallel: bool = False  # attention and MLP of a layer read the same stream (GPT-NeoX, GPT-J)
 
     def describe(self) -> str:
         text = f"the model has {self.n_layers} layers (0-{self.n_layers - 1}), {self.n_heads} heads per layer (0-{self.n_heads - 1})"

@@ -9,7 +9,7 @@ forward that records writes as they happen and adds these differences at each re
 
 Senders are indexed ``embed, L0H0..L0H{n-1}, MLP0, L1H0, ...``: every receiver reads a prefix of
 that order (a head in layer l reads everything before layer l; an MLP in layer l also reads layer
-l's heads; the logits read all).
+l's heads, except in parallel blocks; the logits read all).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class SenderIndex:
         kind, layer = group
         if kind == "logits":
             return self.size
-        return 1 + layer * self.block + (self.shape.n_heads if kind in ("mlp", "neurons") else 0)
+        reads_own_heads = kind in ("mlp", "neurons") and not self.shape.parallel
+        return 1 + layer * self.block + (self.shape.n_heads if reads_own_heads else 0)
 
 
 def split_layers(edges: Circuit) -> set:
@@ -213,12 +214,12 @@ class EdgePatcher:
             return hook
 
         def patch_neurons(layer: int):
-            def hook(pre):
+            def hook(post):
                 rows, inverse, change = delta(("neurons", layer))
-                patched = self.backend.mlp_preacts(layer, mlp_inputs[layer][None] + change.to(pre.dtype))  # [unique, b, p, d_mlp]
-                pre = pre.clone()
-                pre[:, :, rows] = patched[inverse, :, :, rows].permute(1, 2, 0)
-                return pre
+                acts = self.backend.neuron_acts(layer, mlp_inputs[layer][None] + change.to(post.dtype))  # [unique, b, p, d_mlp]
+                post = post.clone()
+                post[:, :, rows] = acts[inverse, :, :, rows].permute(1, 2, 0).to(post.dtype)
+                return post
 
             return hook
 
@@ -235,7 +236,7 @@ class EdgePatcher:
             if self.shape.d_mlp:
                 patches[Site("mlp_in", layer)] = patch_mlp_in(layer)
                 if ("neurons", layer) in groups:
-                    patches[Site("mlp_pre", layer)] = patch_neurons(layer)
+                    patches[Site("neuron", layer)] = patch_neurons(layer)
                 patches[Site("mlp", layer)] = record(self.index.of(Node("mlp", layer)))
         if ("logits", 0) in groups:
             patches[Site("resid_final")] = patch_final

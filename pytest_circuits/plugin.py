@@ -52,6 +52,12 @@ SETTINGS = [
     ("--circuits-rtol", "circuits_rtol", f"relative tolerance of circuit snapshots (default {DEFAULT_RTOL:g})", None),
     ("--circuits-atol", "circuits_atol", f"absolute tolerance of circuit snapshots (default {DEFAULT_ATOL:g})", None),
     ("--circuits-seed", "circuits_seed", "seed set before prompt and model factories run (default 0)", None),
+    (
+        "--circuits-prepend-bos",
+        "circuits_prepend_bos",
+        "BOS in front of text prompts from .jsonl files: auto (default: as the tokenizer does), true, false",
+        None,
+    ),
 ]
 
 
@@ -124,6 +130,7 @@ class CircuitsState:
             self.rtol = _number(_setting(config, "circuits_rtol", DEFAULT_RTOL), "--circuits-rtol")
             self.atol = _number(_setting(config, "circuits_atol", DEFAULT_ATOL), "--circuits-atol")
             self.seed = int(_number(_setting(config, "circuits_seed", 0), "--circuits-seed"))
+            self.prepend_bos = _prepend_bos(_setting(config, "circuits_prepend_bos", "auto"))
             self.checkpoints = list(config.getoption("circuits_checkpoints") or config.getini("circuits_checkpoints") or [])
             for spec in [self.model_spec, *self.checkpoints]:
                 if spec is not None:
@@ -166,7 +173,7 @@ class CircuitsState:
         if key not in self._prompts:
             torch.manual_seed(self.seed)
             try:
-                self._prompts[key] = _load_prompts(source, model, base)
+                self._prompts[key] = _load_prompts(source, model, base, self.prepend_bos)
             except (PromptError, ModelSpecError) as error:
                 pytest.fail(f"pytest-circuits: prompt source {source!r}: {error}", pytrace=False)
         return self._prompts[key]
@@ -254,13 +261,20 @@ def _check_prompt_source(source: str, base: Path) -> None:
         raise ModelSpecError(f"prompt source {source!r} is not a .jsonl path, pkg.mod:factory or toy:NAME")
 
 
-def _load_prompts(source: str, model, base: Path) -> PromptPairs:
+def _prepend_bos(value: str) -> Optional[bool]:
+    choices = {"auto": None, "true": True, "false": False}
+    if str(value).strip().lower() not in choices:
+        raise ModelSpecError(f"--circuits-prepend-bos {value!r}: use auto (as the tokenizer does), true or false")
+    return choices[str(value).strip().lower()]
+
+
+def _load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = None) -> PromptPairs:
     tokenizer = getattr(model, "tokenizer", None)
     if source.endswith(".jsonl"):
         path = _resolve_path(source, base)
         if path is None:
             raise PromptError(f"file not found (looked in {base} and {Path.cwd()})")
-        return PromptPairs.from_jsonl(path, tokenizer=tokenizer)
+        return PromptPairs.from_jsonl(path, tokenizer=tokenizer, prepend_bos=prepend_bos)
     if source.startswith("toy:"):
         check_spec(source)
         pairs = importlib.import_module(f"pytest_circuits.toys.{source[4:]}").prompt_pairs()

@@ -103,7 +103,10 @@ class PromptPairs:
     ``positions`` maps names to a position per prompt (an int for all, or a list), usable in
     circuits as ``L3H0@NAME``; ``END`` (each prompt's answer position) is always defined.
     Text prompts are tokenized with ``tokenizer`` or, when none is given, the model's own tokenizer
-    when the pairs are first used.
+    when the pairs are first used. ``prepend_bos`` says whether a text prompt starts with the BOS
+    token: ``None`` (default) takes the tokenizer's own ``tokenizer(text)`` as it is, which is what
+    the same prompt gives in Hugging Face; ``True`` puts a BOS in front where the tokenizer did not
+    (TransformerLens's convention); ``False`` removes a leading BOS. Token ids are used as given.
 
     ``corrupt`` may also map names to corrupt sets (each one partner per clean prompt, same
     lengths); the first is the default for measurements, and every assertion checks them all.
@@ -117,9 +120,13 @@ class PromptPairs:
         positions: Optional[Mapping[str, Union[int, Sequence[int]]]] = None,
         *,
         tokenizer=None,
+        prepend_bos: Optional[bool] = None,
         source=None,
     ):
         self.source = source  # (file, line number per prompt) when read from a file, for errors
+        if prepend_bos not in (None, True, False):
+            raise PromptError(f"prepend_bos must be None (the tokenizer's own choice), True or False, got {prepend_bos!r}")
+        self.prepend_bos = prepend_bos
         self.clean = _as_list(clean, "clean")
         if not self.clean:
             raise PromptError("the prompt pairs are empty: give at least one clean/corrupt pair")
@@ -178,7 +185,7 @@ class PromptPairs:
 
     # -- files ------------------------------------------------------------------------------
     @classmethod
-    def from_jsonl(cls, path: Union[str, Path], tokenizer=None) -> "PromptPairs":
+    def from_jsonl(cls, path: Union[str, Path], tokenizer=None, prepend_bos: Optional[bool] = None) -> "PromptPairs":
         """One pair per line: ``{"clean": ..., "corrupt": ..., "answers": [[correct, incorrect], ...]}``.
 
         ``"answers": [correct, incorrect]`` and ``"correct"``/``"incorrect"`` keys work too; a line may
@@ -234,7 +241,7 @@ class PromptPairs:
             corrupt = {name: [record[name] for record in corrupt] for name in set_order}
         source = (path, [lineno for lineno, _ in records])
         try:
-            pairs = cls(clean, corrupt, answers, positions or None, tokenizer=tokenizer, source=source)
+            pairs = cls(clean, corrupt, answers, positions or None, tokenizer=tokenizer, prepend_bos=prepend_bos, source=source)
         except PromptError as error:
             raise PromptError(_at_line(source, str(error))) from None
         return pairs
@@ -243,7 +250,7 @@ class PromptPairs:
     def encode(self, tokenizer=None, d_vocab: Optional[int] = None) -> EncodedPairs:
         """Tokenize (once per tokenizer), check and pad; the engine calls this with the model's tokenizer."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        key = (id(tokenizer), d_vocab)
+        key = (id(tokenizer), d_vocab, self.prepend_bos)
         if key not in self._encoded:
             try:
                 self._encoded[key] = self._encode(tokenizer, d_vocab)
@@ -257,7 +264,7 @@ class PromptPairs:
                 f"these prompt pairs carry {len(self.corruptions)} corrupt sets {list(self.corruption_names)}; "
                 "encode one of them: pairs.only(name).encode(...)"
             )
-        codec = _Codec(tokenizer) if tokenizer is not None else None
+        codec = _Codec(tokenizer, self.prepend_bos) if tokenizer is not None else None
         which = "corrupt" if self.corruption is None else f"corrupt ({self.corruption!r})"
         clean = [self._tokens(p, codec, i, "clean") for i, p in enumerate(self.clean)]
         corrupt = [self._tokens(p, codec, i, which) for i, p in enumerate(self.corrupt)]
@@ -361,20 +368,32 @@ def _resolve_position(name: str, value, lengths: torch.Tensor) -> torch.Tensor:
 
 
 class _Codec:
-    """Text to ids the way TransformerLens does it: a BOS in front of prompts, none before answers."""
+    """Text to ids: prompts as the tokenizer makes them (BOS as ``prepend_bos`` says), answers
+    without special tokens."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, prepend_bos: Optional[bool] = None):
         self.tokenizer = getattr(tokenizer, "tokenizer", None) or tokenizer  # a model carries its tokenizer
         if not callable(self.tokenizer):
             raise PromptError(f"{type(tokenizer).__name__} is not a tokenizer; pass a Hugging Face tokenizer or a model that has one")
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else 0
+        self.prepend_bos = prepend_bos
 
     def prompt(self, text: str) -> list:
         ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        if self.prepend_bos is None:
+            return ids
         bos = getattr(self.tokenizer, "bos_token_id", None)
-        if bos is not None and (not ids or ids[0] != bos):
-            ids.insert(0, bos)
+        if bos is None:
+            raise PromptError(
+                f"prepend_bos={self.prepend_bos} but the tokenizer has no BOS token; leave prepend_bos unset "
+                "(the tokenizer's own choice) or give token ids"
+            )
+        starts = bool(ids) and ids[0] == bos
+        if self.prepend_bos and not starts:
+            return [bos, *ids]
+        if not self.prepend_bos and starts:
+            return ids[1:]
         return ids
 
     def answer(self, text: str) -> list:

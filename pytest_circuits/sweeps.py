@@ -1,7 +1,10 @@
 """Exact component sweeps: patch every head, MLP, neuron or residual position, one at a time.
 
-The values are exactly those of patching one component at a time, but the work is only what
-patching requires:
+The values are exactly those of patching one component at a time. Every model takes the plain
+path: each patched configuration is one full forward of the model (as many as fit a memory budget
+run as one batch), with the patch applied at the component's own hook. Where the backend proves on
+the model itself that a shortcut reproduces the plain forward (``resumes_suffix``: GPT-2-style
+blocks), the work is only what patching requires:
 
 * a patched run resumes at the patched layer from the cached residual stream (earlier layers
   equal the unpatched run); an MLP or neuron patch resumes one layer later still, since its write
@@ -114,6 +117,7 @@ class Sweeper:
         self.shape = patcher.shape
         self.pairs = patcher.pairs
         self.budget = budget_bytes
+        self._fast = bool(getattr(self.backend, "resumes_suffix", False))
 
     def sweep(self, over="heads", mode="denoise", *, metric="logit_diff", per_position=False, progress=False) -> SweepResult:
         if over not in OVER:
@@ -140,9 +144,11 @@ class Sweeper:
                 configs = [jobs[i][1] for i in chunk]
                 if all(self._changes_nothing(config) for config in configs):
                     values[chunk] = unpatched  # the patched values equal the base run's
-                else:
+                elif self._fast:
                     final = self._run_chunk(over, layer, configs, base, source, metric.at_answer)
-                    values[chunk] = self._metric(metric, final).cpu()
+                    values[chunk] = self._metric(metric, self._unembed(metric, final)).cpu()
+                else:
+                    values[chunk] = self._metric(metric, self._run_chunk_plain(over, layer, configs, base, source)).cpu()
                 done += len(chunk)
                 report(done, len(jobs))
         gap = float(clean.mean() - corrupt.mean())
@@ -203,6 +209,8 @@ class Sweeper:
         b, p = self.pairs.clean.shape
         d = self._width()
         per_token = 12 * d + 3 * max(self.shape.d_mlp, 1) + 3 * self.shape.n_heads * p
+        if not self._fast:
+            per_token += 2 * self.shape.d_vocab  # the plain path computes every logit
         return 4 * b * p * per_token
 
     def _width(self) -> int:
@@ -218,6 +226,35 @@ class Sweeper:
         """The residual stream entering ``layer`` (at ``n_layers``: the final stream)."""
         site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
         return self.patcher.activations(run, [site])[site]
+
+    def _run_chunk_plain(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
+        """Logits ``[k*b, pos, vocab]`` of the chunk's patched runs, each a full forward of the base
+        prompts with one component (at one position, per position) carrying its source value."""
+        k = len(configs)
+        b, p = self.pairs.clean.shape
+        kind = {"heads": "head", "neurons": "neuron", "mlps": "mlp", "resid": "resid_pre"}[over]
+        site = Site(kind, layer)
+        src = self._values(source, [site])[site]
+        tokens = (self.pairs.corrupt if base == "corrupt" else self.pairs.clean).repeat(k, 1)
+        if over in ("heads", "neurons"):
+            index = torch.tensor([c for c, _ in configs], device=src.device)
+
+            def patch(act):
+                act = act.clone().view(k, b, *act.shape[1:])
+                moved = src[:, :, index].movedim(2, 0).to(act.dtype)  # [k, b, p, ...]
+                act[torch.arange(k), :, :, index] = moved
+                return act.view(k * b, *act.shape[2:])
+
+        else:
+            positions = self._position_masks(configs)
+            where = None if positions is None else positions.reshape(k * b, p, 1)
+
+            def patch(act):
+                values = src.repeat(k, 1, 1).to(act.dtype)
+                return values if where is None else torch.where(where, values, act)
+
+        logits, _ = self.backend.run(tokens, patches={site: patch})
+        return logits
 
     def _run_chunk(self, over: str, layer: int, configs, base: str, source: str, answers: bool) -> torch.Tensor:
         """Final residual streams ``[k*b, pos, d]`` of the chunk's patched runs (``[k*b, d]`` at the
@@ -259,9 +296,6 @@ class Sweeper:
         ``start`` equal the base run, so where the backend can, only the rest is recomputed, and
         with ``answers`` only the answer rows of the last block ([k*b, d])."""
         k, b, p, d = streams.shape
-        if not getattr(self.backend, "resumes_suffix", False):
-            patches = {Site("head", layer): patch_z} if patch_z else None
-            return self.backend.run_from(streams.reshape(k * b, p, d), layer, patches)
         if answers:
             return self._resume_answers(base, layer, streams, start, patch_z)
         final = self._stream(base, self.shape.n_layers)[None].repeat(k, 1, 1, 1)
@@ -297,7 +331,7 @@ class Sweeper:
         """The first position any of these patches can change: before it, every patched run equals
         the base run (causality). Corrupt-run values equal clean ones before the first token where
         the prompts differ; a per-position patch changes nothing before its position."""
-        if not getattr(self.backend, "resumes_suffix", False):
+        if not self._fast:
             return 0
         value_start = self._first_difference if self.patcher.ablation == "corrupt" else 0
         if all(pos is None for _, pos in configs):
@@ -319,24 +353,32 @@ class Sweeper:
         return masks
 
     # -- reading the metric --------------------------------------------------------------------
-    def _metric(self, metric: Metric, final: torch.Tensor) -> torch.Tensor:
-        """Per-config, per-prompt metric values ``[k, b]`` from final residual streams ``[k*b, p, d]``
-        (or ``[k*b, d]``, already at the answer positions)."""
-        b = self.pairs.n_prompts
-        k = final.shape[0] // b
-        final = final.view(k, b, *final.shape[1:])
-        reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
+    def _unembed(self, metric: Metric, final: torch.Tensor) -> torch.Tensor:
+        """Logits from the fast path's final residual streams ``[k*b, p, d]`` (or ``[k*b, d]``,
+        already at the answer positions): only the answer rows, and for a metric that says which
+        columns it reads, only those columns (the others stay zero)."""
         if not metric.at_answer:
-            logits = self.backend.unembed(final)
-            return torch.stack([metric(logits[i], self.pairs) for i in range(k)])
-        at = final if final.ndim == 3 else final[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, d]
+            return self.backend.unembed(final)
+        b = self.pairs.n_prompts
+        at = final if final.ndim == 2 else final[torch.arange(final.shape[0]), self.pairs.answer_positions.repeat(final.shape[0] // b)]
         columns = metric.reads(self.pairs) if metric.reads else None
         if columns is None:
-            logits = self.backend.unembed(at)
-        else:
-            logits = torch.zeros(k, b, self.shape.d_vocab, dtype=at.dtype, device=at.device)
-            logits[..., columns] = self.backend.unembed(at, columns)
-        return torch.stack([metric(logits[i], self.pairs, reference=reference) for i in range(k)])
+            return self.backend.unembed(at)
+        logits = torch.zeros(at.shape[0], self.shape.d_vocab, dtype=at.dtype, device=at.device)
+        logits[:, columns] = self.backend.unembed(at, columns)
+        return logits
+
+    def _metric(self, metric: Metric, logits: torch.Tensor) -> torch.Tensor:
+        """Per-config, per-prompt metric values ``[k, b]`` from logits ``[k*b, p, vocab]`` (or
+        ``[k*b, vocab]``, already at the answer positions)."""
+        b = self.pairs.n_prompts
+        k = logits.shape[0] // b
+        logits = logits.view(k, b, *logits.shape[1:])
+        if not metric.at_answer:
+            return torch.stack([metric(logits[i], self.pairs) for i in range(k)])
+        reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
+        at = logits if logits.ndim == 3 else logits[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, vocab]
+        return torch.stack([metric(at[i], self.pairs, reference=reference) for i in range(k)])
 
 
 def _progress(progress, what: str) -> Callable[[int, int], None]:

@@ -133,3 +133,41 @@ def test_from_jsonl_errors_name_file_and_line(tmp_path, tok, lines, message):
 def test_missing_prompt_file_is_a_prompt_error(tmp_path):
     with pytest.raises(PromptError, match="cannot read prompt file"):
         PromptPairs.from_jsonl(tmp_path / "nope.jsonl")
+
+
+def no_bos_tokenizer(words):
+    """A word tokenizer that, like GPT-2's, adds no BOS of its own (but has one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<bos>", "<pad>", "<unk>", *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_prepend_bos_default_is_the_tokenizers_own_choice(tok, adds_bos):
+    tokenizer = tok if adds_bos else no_bos_tokenizer(WORDS)
+    own = list(tokenizer("the cat sat", add_special_tokens=True)["input_ids"])
+    assert (own[0] == tokenizer.bos_token_id) == adds_bos
+    bos = tokenizer.bos_token_id
+    words = tokenizer.convert_tokens_to_ids(["the", "cat", "sat"])
+    for prepend, expected in ((None, own), (True, [bos, *words]), (False, words)):
+        pairs = PromptPairs(["the cat sat"], ["the dog sat"], [("mat", "dog")], tokenizer=tokenizer, prepend_bos=prepend)
+        assert pairs.encode().clean[0].tolist() == expected, prepend
+
+
+def test_token_ids_are_used_exactly_as_given_whatever_prepend_bos_says(tok):
+    for prepend in (None, True, False):
+        pairs = PromptPairs([[5, 6, 7]], [[5, 9, 7]], [(1, 2)], tokenizer=tok, prepend_bos=prepend)
+        assert pairs.encode(tok).clean[0].tolist() == [5, 6, 7]
+
+
+def test_prepend_bos_is_checked(tok, tmp_path):
+    with pytest.raises(PromptError, match="prepend_bos must be None"):
+        PromptPairs(["the cat"], ["the dog"], [("mat", "dog")], tokenizer=tok, prepend_bos="yes")
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"clean": "the cat sat", "corrupt": "the dog sat", "answers": ["mat", "dog"]}) + "\n")
+    pairs = PromptPairs.from_jsonl(path, tokenizer=no_bos_tokenizer(WORDS), prepend_bos=True)
+    assert pairs.encode().clean[0, 0] == 0  # <bos>

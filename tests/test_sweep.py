@@ -114,7 +114,9 @@ def test_the_suffix_fast_path_equals_running_the_blocks():
     for layer in range(3):
         stream = cache[Site("resid_pre", layer)] * 1.1  # a changed stream, as a patch would make
         stream[:, :4] = cache[Site("resid_pre", layer)][:, :4]  # ... from position 4 on
-        full = backend.run_from(stream, layer)
+        # the plain forward with that stream entering ``layer``
+        _, plain = backend.run(tokens, patches={Site("resid_pre", layer): lambda act: stream}, capture=[Site("resid_final")])
+        full = plain[Site("resid_final")]
         prefix = [cache[Site("resid_pre", j)][:, :4] for j in range(layer, 3)]
         torch.testing.assert_close(backend.run_suffix(layer, prefix, stream[:, 4:]), full[:, 4:], atol=1e-4, rtol=1e-5)
         read = torch.tensor([4, 0, 2, 3])  # one suffix row per sequence: the last block computes only these
@@ -122,7 +124,7 @@ def test_the_suffix_fast_path_equals_running_the_blocks():
         torch.testing.assert_close(rows, full[torch.arange(4), 4 + read], atol=1e-4, rtol=1e-5)
 
 
-def test_sweeps_on_models_without_the_fast_path_run_whole_blocks():
+def test_sweeps_on_models_without_the_fast_path_run_the_whole_model():
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 

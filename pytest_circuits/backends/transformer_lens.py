@@ -9,6 +9,7 @@ stream entering block 0.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
@@ -26,15 +27,35 @@ HOOKS = {
     "k_input": "blocks.{layer}.hook_k_input",
     "v_input": "blocks.{layer}.hook_v_input",
     "mlp_in": "blocks.{layer}.hook_mlp_in",
-    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
     "resid_final": "blocks.{layer}.hook_resid_post",  # of the last layer: what ln_final reads
     "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_post": "blocks.{layer}.hook_resid_post",
 }
 
 
 
 def is_transformer_lens_model(model) -> bool:
     return hasattr(model, "run_with_hooks") and hasattr(model, "cfg") and hasattr(model, "hook_dict")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to the rounding of the model's dtype, relative to the tensors' scale."""
+    if a.shape != b.shape:
+        return False
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    scale = max(float(b.detach().abs().max()), 1.0)
+    return float((a.detach().float() - b.detach().float()).abs().max()) <= tol * scale
+
+
+def _activation(block):
+    """The MLP's activation function, where Hugging Face modules keep it (the MLP, or the layer
+    for MLPs without a module of their own, as OPT's)."""
+    for owner in (block.mlp.original_component, block.original_component):
+        for name in ("act_fn", "act", "activation_fn"):
+            fn = getattr(owner, name, None)
+            if callable(fn):
+                return fn
+    raise BackendError("no activation function found on the MLP")
 
 
 def _one_device(model, name: str) -> torch.device:
@@ -60,27 +81,44 @@ class TransformerLensBackend:
         self.model = model
         cfg = model.cfg
         attn_only = bool(getattr(cfg, "attn_only", False))
-        self.shape = ModelShape(
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            d_mlp=0 if attn_only else int(cfg.d_mlp or 0),
-            d_vocab=cfg.d_vocab,
-            n_ctx=getattr(cfg, "n_ctx", None),
-        )
+        self.architecture = getattr(cfg, "architecture", None) or type(model).__name__
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
         self.device = _one_device(model, self.name)
-        self._check_hooks()
+        self.shape = ModelShape(
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            d_mlp=0,
+            d_vocab=cfg.d_vocab,
+            n_ctx=getattr(cfg, "n_ctx", None),
+            parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        )
+        self._check_hooks(mlps=not attn_only)
+        if not attn_only:
+            # the MLP width as the model computes it (cfg.d_mlp can be 4*d_model where the model's is not: OPT)
+            self.shape = replace(self.shape, d_mlp=self._measured_d_mlp())
+        self._edge_problem: Optional[str] = None
+        self._neuron_problem: Optional[str] = None
+        self._suffix_checked: Optional[bool] = None
 
-    def _check_hooks(self) -> None:
+    def _check_hooks(self, mlps: bool) -> None:
         available = set(self.model.hook_dict)
-        kinds = ["embed", "head"] + (["mlp", "neuron"] if self.shape.d_mlp else [])
+        kinds = ["embed", "head"] + (["mlp", "neuron"] if mlps else [])
         missing = [self.hook_name(Site(kind)) for kind in kinds if self.hook_name(Site(kind)) not in available]
         if missing:
             raise BackendError(
                 f"model {self.name!r} has no hook {missing[0]!r}, which pytest-circuits patches to isolate "
-                f"{'head outputs' if 'attn' in missing[0] else 'node outputs'}; this architecture is not supported yet"
+                f"{'head outputs' if 'attn' in missing[0] else 'node outputs'}; this architecture ({self.architecture}) is not supported yet"
             )
+
+    def _probe_tokens(self) -> torch.Tensor:
+        """A short fixed prompt for checking what the hooks hold (a few ids every vocabulary has)."""
+        n = max(1, min(5, self.shape.n_ctx or 5))
+        return (torch.arange(n) * 7 % self.shape.d_vocab)[None].to(self.device)
+
+    def _measured_d_mlp(self) -> int:
+        _, captured = self.run(self._probe_tokens(), capture=[Site("neuron", 0)])
+        return int(captured[Site("neuron", 0)].shape[-1])
 
     def hook_name(self, site: Site) -> str:
         layer = self.shape.n_layers - 1 if site.kind == "resid_final" else site.layer
@@ -88,68 +126,169 @@ class TransformerLensBackend:
 
     # -- path patching: per-receiver inputs and sender writes -----------------------------------
     def check_edges(self) -> None:
-        """Path patching needs each receiver's own input: per-head q/k/v inputs and the MLP input."""
+        """Path patching needs each receiver's own input (per-head q/k/v inputs holding the raw
+        residual stream, the MLP's input) and layers whose output is the sum of their heads' and
+        MLP's writes. Both are checked on a probe forward, once per model, not assumed from its class."""
+        if self._edge_problem is None:
+            self._edge_problem = self._find_edge_problem() or ""
+        if self._edge_problem:
+            self._no_edges(self._edge_problem)
+
+    def check_neuron_receivers(self) -> None:
+        """A neuron receiver recomputes that neuron's activation from its own input (``neuron_acts``);
+        checked against the model's own activations on the probe forward."""
+        self.check_edges()
+        if self._neuron_problem:
+            raise BackendError(
+                f"{self.architecture} model {self.name!r}: edges into single neurons (L{{l}}N{{n}} receivers) are not "
+                f"supported: {self._neuron_problem}. Edges into a whole MLP (MLP{{l}}), into heads and into the logits work, "
+                "and so do node circuits with neurons."
+            )
+
+    def _no_edges(self, why: str):
+        raise BackendError(
+            f"{self.architecture} model {self.name!r} cannot be path patched (edge circuits, edge attribution): {why}. "
+            "Edge circuits patch one receiver's input without the others, which needs per-receiver input hooks that "
+            "hold the residual stream and layers that add their heads' and MLP's writes to it. Node circuits, sweeps "
+            "and node attribution work on this model."
+        )
+
+    def _find_edge_problem(self) -> Optional[str]:
         if not hasattr(self.model, "set_use_split_qkv_input"):
-            self._no_edges("it has no set_use_split_qkv_input switch")
+            return "it has no set_use_split_qkv_input switch"
         try:
             with self._split_inputs():
                 available = set(self.model.hook_dict)
         except NotImplementedError as error:
-            self._no_edges(str(error).split(".")[0])
-        needed = ["q_input", "k_input", "v_input"] + (["mlp_in", "mlp_pre"] if self.shape.d_mlp else [])
+            return str(error).split(".")[0]
+        needed = ["q_input", "k_input", "v_input", "resid_pre", "resid_post"] + (["mlp_in"] if self.shape.d_mlp else [])
         missing = [self.hook_name(Site(kind, 0)) for kind in needed if self.hook_name(Site(kind, 0)) not in available]
         if missing:
-            self._no_edges(f"it has no hook {missing[0]!r}")
+            return f"it has no hook {missing[0]!r}"
+        tokens = self._probe_tokens()
+        layers = range(self.shape.n_layers)
+        kinds = ["resid_pre", "resid_post", "head", "q_input", "k_input", "v_input"] + (["mlp_in", "mlp", "neuron"] if self.shape.d_mlp else [])
+        sites = [Site(kind, layer) for layer in layers for kind in kinds]
+        plain, _ = self.run(tokens)
+        try:
+            split, acts = self.run(tokens, capture=sites, split_inputs=True)
+        except Exception as error:  # noqa: BLE001 - a bridge that cannot run split inputs for this architecture
+            return f"its split-input forward fails ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        if not _close(split, plain):
+            return "its split-input forward does not reproduce the model's logits"
+        for layer in layers:
+            got = {kind: acts.get(Site(kind, layer)) for kind in kinds}
+            if any(value is None for value in got.values()):
+                absent = next(kind for kind, value in got.items() if value is None)
+                return f"its hook {self.hook_name(Site(absent, layer))!r} never fires"
+            stream = got["resid_pre"]
+            for name in ("q_input", "k_input", "v_input"):
+                if got[name].shape[2] != self.shape.n_heads or not _close(got[name], stream[:, :, None].expand_as(got[name])):
+                    return f"its {name[0]} input hooks do not hold the residual stream entering layer {layer}, one copy per query head"
+            heads = self.head_writes(layer, got["head"]).sum(2) + self._attn_bias(layer, stream)
+            mlp_out = got["mlp"] if self.shape.d_mlp else 0
+            if not _close(got["resid_post"], stream + heads + mlp_out):
+                return f"layer {layer}'s output is not its input plus its heads' and MLP's writes (a norm after attention or MLP?)"
+            if self.shape.d_mlp:
+                expected = stream if self.shape.parallel else stream + heads
+                if not _close(got["mlp_in"], expected):
+                    return f"the MLP input hook of layer {layer} does not hold the stream the MLP reads"
+                if self._neuron_problem is None:
+                    try:
+                        ok = _close(self.neuron_acts(layer, got["mlp_in"]), got["neuron"])
+                    except Exception as error:  # noqa: BLE001 - unknown MLP layout
+                        ok, why = False, f"its MLP layout is not known ({type(error).__name__})"
+                    else:
+                        why = "recomputing a neuron's activation from its input does not match the model's"
+                    if not ok:
+                        self._neuron_problem = why
+        return None
 
-    def _no_edges(self, why: str):
-        raise BackendError(
-            f"model {self.name!r} cannot be path patched: {why}. Edge circuits patch one receiver's input "
-            "(a head's q, k or v input, an MLP's input) without the others, which needs per-receiver input hooks "
-            "(TransformerLens use_split_qkv_input / use_hook_mlp_in); GPT-2-style bridges from boot_transformers "
-            "or build_bridge_from_module have them. Node circuits work on this model."
-        )
+    def _attn_bias(self, layer: int, like: torch.Tensor):
+        bias = getattr(self.model.blocks[layer].attn, "b_O", None)
+        return 0 if bias is None else bias.detach().to(like.dtype)
 
     @contextmanager
     def _split_inputs(self):
-        """Each head's q/k/v and each MLP read their own copy of the residual stream, restored after."""
+        """Each head's q/k/v and each MLP read their own copy of the residual stream, restored after.
+        Grouped-query attention is run as the equal multi-head attention (shared key/value weights
+        copied per query head), so each query head's key and value input is its own."""
         cfg = self.model.cfg
         saved = (getattr(cfg, "use_split_qkv_input", False), getattr(cfg, "use_hook_mlp_in", False))
         try:
             self.model.set_use_split_qkv_input(True)
             self.model.set_use_hook_mlp_in(True)
-            yield
+            with self._multi_head_kv():
+                yield
         finally:
             self.model.set_use_split_qkv_input(saved[0])
             self.model.set_use_hook_mlp_in(saved[1])
+
+    @contextmanager
+    def _multi_head_kv(self):
+        n_heads = self.shape.n_heads
+        n_kv = int(getattr(self.model.cfg, "n_key_value_heads", None) or n_heads)
+        if n_kv == n_heads:
+            yield
+            return
+        restore = []
+        try:
+            for block in self.model.blocks:
+                attn = block.attn
+                hf_attn = attn.original_component
+                restore.append((attn.config, "n_key_value_heads", getattr(attn.config, "n_key_value_heads", None)))
+                attn.config.n_key_value_heads = n_heads
+                for name in ("num_key_value_groups", "num_key_value_heads"):
+                    if hasattr(hf_attn, name):
+                        restore.append((hf_attn, name, getattr(hf_attn, name)))
+                setattr(hf_attn, "num_key_value_groups", 1)
+                if hasattr(hf_attn, "num_key_value_heads"):
+                    hf_attn.num_key_value_heads = n_heads
+                for projection in (attn.k.original_component, attn.v.original_component):
+                    for pname in ("weight", "bias"):
+                        param = getattr(projection, pname, None)
+                        if param is None:
+                            continue
+                        restore.append((projection, pname, param))
+                        per_head = param.detach().reshape(n_kv, -1, *param.shape[1:])
+                        expanded = per_head.repeat_interleave(n_heads // n_kv, dim=0).reshape(-1, *param.shape[1:])
+                        setattr(projection, pname, torch.nn.Parameter(expanded, requires_grad=False))
+            yield
+        finally:
+            for owner, name, value in reversed(restore):
+                setattr(owner, name, value)
 
     def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Each head's write to the residual stream, ``[batch, pos, head, d_model]`` (no shared bias)."""
         W_O = self.model.blocks[layer].attn.W_O.detach()
         return torch.einsum("bphd,hdm->bphm", z, W_O.to(z.dtype))
 
-    def mlp_preacts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """The MLP's pre-activations ``[..., d_mlp]`` for residual input ``x`` ``[..., d_model]``
-        (its own norm, then W_in), computed outside the forward so one neuron can read its own input."""
+    def neuron_acts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's neuron activations ``[..., d_mlp]`` (what its output projection reads) for
+        residual input ``x`` ``[..., d_model]``: its own norm, then ``act(W_in x)`` or, gated,
+        ``act(W_gate x) * W_in x``; computed outside the forward so one neuron can read its own input.
+        ``check_edges`` verifies it against the model's own activations before any edge uses it."""
         block = self.model.blocks[layer]
-        norm = getattr(block.ln2, "_original_component", block.ln2)
-        return norm(x) @ block.mlp.W_in.detach().to(x.dtype) + block.mlp.b_in.detach().to(x.dtype)
+        norm = getattr(block, "ln2", None) or block.ln1  # GPT-J's one norm feeds attention and MLP
+        mlp = block.mlp
+        normed = getattr(norm, "_original_component", norm)(x)
+        up = (getattr(mlp, "in", None) or getattr(mlp, "input")).original_component(normed)
+        act = _activation(block)
+        gate = getattr(mlp, "gate", None)
+        return act(gate.original_component(normed)) * up if gate is not None else act(up)
 
     # -- sweeps: resume from a layer, read only the logits a metric needs ------------------------
-    def run_from(self, resid: torch.Tensor, layer: int, patches: Optional[Mapping[Site, Patch]] = None) -> torch.Tensor:
-        """The final residual stream ``[batch, pos, d]`` of a forward resumed at ``layer`` from its
-        input ``resid``: the blocks from ``layer`` on run one by one (those before are not run at
-        all), and the unembedding is skipped."""
-        hooks = [(self.hook_name(site), lambda act, hook, patch=patch: patch(act)) for site, patch in (patches or {}).items()]
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
-            for block in self.model.blocks[layer:]:
-                out = block(resid.to(self.device))
-                resid = out[0] if isinstance(out, tuple) else out
-        return resid
-
     @property
     def resumes_suffix(self) -> bool:
-        """Whether ``run_suffix`` can compute only the positions a patch changes: GPT-2-style
-        pre-LN blocks with learned absolute positions (attention reads no position but its keys')."""
+        """Whether ``run_suffix`` may stand in for the plain forward in sweeps: blocks that look
+        GPT-2-style (pre-LN, learned absolute positions, sequential attention then MLP), and, proven
+        on this model once, resuming a probe prompt at every layer reproduces its final stream and
+        its logits. Any other model takes the plain path."""
+        if self._suffix_checked is None:
+            self._suffix_checked = self._looks_gpt2_style() and self._suffix_reproduces_forward()
+        return self._suffix_checked
+
+    def _looks_gpt2_style(self) -> bool:
         cfg = self.model.cfg
         blocks = getattr(self.model, "blocks", [])
         return (
@@ -158,7 +297,24 @@ class TransformerLensBackend:
             and getattr(cfg, "positional_embedding_type", "standard") == "standard"
             and not getattr(cfg, "parallel_attn_mlp", False)
             and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+            and float(getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) <= 0
         )
+
+    def _suffix_reproduces_forward(self) -> bool:
+        tokens = self._probe_tokens()
+        n = self.shape.n_layers
+        sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
+        logits, acts = self.run(tokens, capture=sites)
+        final = acts[Site("resid_final")]
+        if not _close(self.unembed(final), logits):
+            return False
+        start = min(2, tokens.shape[1] - 1)
+        for layer in range(n):
+            prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
+            resumed = self.run_suffix(layer, prefix, acts[Site("resid_pre", layer)][:, start:])
+            if not _close(resumed, final[:, start:]):
+                return False
+        return True
 
     def run_suffix(
         self,
