@@ -1,6 +1,7 @@
 """Speed and memory of pytest-circuits against TransformerLens's own patching, measured in one run.
 
-    python benchmarks/run.py                  # GPT-2-small-sized random model + the shipped toys
+    python benchmarks/run.py                  # GPT-2-small-sized and Llama-style random models + the shipped toys
+    python benchmarks/run.py --models llama   # only the Llama-style one (GQA, rotary, RMSNorm, gated MLP)
     python benchmarks/run.py --device cuda
     python benchmarks/run.py --quick          # a small model, for a smoke run
 
@@ -36,6 +37,23 @@ def gpt2_small(device: str, quick: bool):
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(_gpt2.gpt2_config(**sizes)).to(device)
     return _gpt2.bridge(hf, model_name="gpt2-small-sized (random)")
+
+
+def llama_small(device: str, quick: bool):
+    """Llama architecture at GPT-2-small size: grouped-query attention (12 query heads, 4 KV heads),
+    rotary positions, RMSNorm and a gated MLP; random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytest_circuits.loading import bridge_from_hf
+
+    sizes = dict(num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, hidden_size=768,
+                 intermediate_size=2048, vocab_size=50257, max_position_embeddings=1024)
+    if quick:
+        sizes = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=128,
+                     intermediate_size=344, vocab_size=5000, max_position_embeddings=64)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**sizes, bos_token_id=0, eos_token_id=1, pad_token_id=2)).to(device)
+    return bridge_from_hf(hf, model_name="llama-style gpt2-small-sized (random)")
 
 
 def random_pairs(vocab: int, n: int, seq: int, device: str) -> PromptPairs:
@@ -188,14 +206,19 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--budget-mb", type=int, default=1024, help="activation memory one batched sweep forward may use")
     parser.add_argument("--no-toys", action="store_true")
+    parser.add_argument("--models", default="gpt2,llama", help="comma-separated: gpt2, llama")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    model = gpt2_small(args.device, args.quick)
-    pairs = random_pairs(model.cfg.d_vocab, args.prompts, args.seq, args.device)
-    bench_model("GPT-2-small-sized random model", model, pairs, args.device, args.budget_mb << 20)
+    builders = {"gpt2": ("GPT-2-small-sized random model", gpt2_small), "llama": ("Llama-style GPT-2-small-sized random model", llama_small)}
+    for key in args.models.split(","):
+        label, build = builders[key.strip()]
+        model = build(args.device, args.quick)
+        pairs = random_pairs(model.cfg.d_vocab, args.prompts, args.seq, args.device)
+        bench_model(label, model, pairs, args.device, args.budget_mb << 20)
+        del model
     if not args.no_toys:
         from pytest_circuits.toys import induction, redundant
 

@@ -109,7 +109,10 @@ class Attributor:
                 # a copy: the hooked tensor may also feed other readers (the MLP input hook's tensor is
                 # the residual stream itself), and the gradient must be the receiver's alone
                 mine = act.clone()
-                mine.retain_grad()
+                if mine.requires_grad:
+                    mine.retain_grad()
+                else:  # nothing before it needs a gradient (frozen weights): it starts the graph
+                    mine.requires_grad_(True)
                 kept[site] = mine
                 return mine
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import settings
 from random_models import random_gpt2, random_pairs
 
@@ -13,6 +14,10 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile("default")
 
 pytest_plugins = ["pytester"]
+
+# The models here are tiny: one thread is faster than several, and far faster when another
+# process shares the cores (threads then spin against each other).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,446 @@
+"""Every operation on every architecture family against an independent reference.
+
+The engine runs on a TransformerLens bridge of a tiny random Hugging Face model of each family
+(padded batches of prompts of different lengths); the reference (``hf_reference.py``) runs a
+second copy of the same weights prompt by prompt, unpadded, through the Hugging Face modules (or a
+forward written from the weights, for edges), and shares no code with the engine or
+TransformerLens. Circuits are given to the engine as text and to the reference as plain tuples
+written here, so not even the circuit parser is shared.
+
+Every number must agree to 1e-4 (float32) or the engine must refuse with a ``BackendError`` that
+names the architecture; the test of refusals pins down exactly which families refuse what.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import hf_reference as ref
+import pytest
+import torch
+from families import FAMILIES, GQA_FAMILIES, PARALLEL_FAMILIES, build_hf, random_prompts
+
+from pytest_circuits import BackendError, CircuitError, Patcher, PromptPairs, attribute, pareto
+from pytest_circuits.loading import bridge_from_hf
+from pytest_circuits.minimality import minimality
+from pytest_circuits.sweeps import Sweeper
+
+LENGTHS = [8, 6, 7, 5]  # a padded batch: prompts of different lengths
+N_LAYERS, N_HEADS = 2, 4
+# the families whose bridges give each receiver its own input; the others must refuse edges
+EDGE_FAMILIES = ("gpt2", "neox", "llama", "mistral", "qwen2", "gemma")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TOL = {"float32": 1e-4, "float64": 1e-6}  # float64: rotary tables are float32 in some HF models
+
+
+@functools.lru_cache(maxsize=None)  # tiny models: keep every family, tests visit them in turn
+def setup(family: str, dtype: str):
+    """The engine's model and prompt pairs, and the reference's copy of the same weights with the
+    clean and corrupt runs recorded prompt by prompt."""
+    torch_dtype = DTYPES[dtype]
+    clean, corrupt, answers = random_prompts(len(LENGTHS), max(LENGTHS), lengths=LENGTHS)
+    pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
+    model = bridge_from_hf(build_hf(family, torch_dtype), model_name=family)
+    hf = build_hf(family, torch_dtype)  # the bridge rewires its own copy's modules
+    runs = {"clean": clean, "corrupt": corrupt}
+    records = {run: [ref.record(hf, t) for t in prompts] for run, prompts in runs.items()}
+    return model, pairs, Reference(hf, runs, records, answers)
+
+
+def cases(edges_only: bool = False):
+    return [
+        pytest.param(family, dtype, id=f"{family}-{dtype}")
+        for family in FAMILIES
+        for dtype in DTYPES
+        if not edges_only or family in EDGE_FAMILIES
+    ]
+
+
+class Reference:
+    """Per-prompt metrics of patched runs of the reference, and the fractions made of them."""
+
+    def __init__(self, hf, runs, records, answers):
+        self.hf, self.runs, self.records, self.answers = hf, runs, records, answers
+        self.n = len(answers)
+        self._writes = {}
+
+    # -- metrics -------------------------------------------------------------------------------
+    def metric(self, logits: torch.Tensor, i: int, name: str = "logit_diff") -> float:
+        last = logits[-1].double()  # the answer position: each prompt's last token (unpadded)
+        correct, incorrect = (int(t) for t in self.answers[i])
+        if name == "logit_diff":
+            return float(last[correct] - last[incorrect])
+        if name == "prob":
+            return float(last.softmax(-1)[correct])
+        clean = self.records["clean"][i][("logits",)][-1].double()
+        return float((clean.softmax(-1) * (clean.log_softmax(-1) - last.log_softmax(-1))).sum())  # kl
+
+    def baseline(self, run: str, name: str = "logit_diff") -> float:
+        return sum(self.metric(self.records[run][i][("logits",)], i, name) for i in range(self.n)) / self.n
+
+    def score(self, patched: float, mode: str, name: str = "logit_diff") -> float:
+        clean, corrupt = self.baseline("clean", name), self.baseline("corrupt", name)
+        if mode == "noise":
+            return (clean - patched) / (clean - corrupt)
+        return (patched - corrupt) / (clean - corrupt)
+
+    # -- node patching -------------------------------------------------------------------------
+    def node_run(self, base: str, source: str, chooser, name: str = "logit_diff") -> float:
+        """Mean metric of runs on ``base`` prompts where ``chooser(i, length)`` gives, per prompt,
+        {key: (index selector, positions)} of values to take from the ``source`` run."""
+        values = []
+        for i in range(self.n):
+            tokens = self.runs[base][i]
+            src = self.records[source][i]
+            replace = {}
+            for key, selections in chooser(i, len(tokens)).items():
+                replace[key] = _replacer(src[key], selections)
+            values.append(self.metric(ref.run(self.hf, tokens, replace), i, name))
+        return sum(values) / self.n
+
+    # -- edges ---------------------------------------------------------------------------------
+    def writes(self, run: str, i: int) -> dict:
+        if (run, i) not in self._writes:
+            self._writes[(run, i)] = ref.sender_writes(self.hf, self.runs[run][i])
+        return self._writes[(run, i)]
+
+    def edge_run(self, base: str, choose_for_prompt, name: str = "logit_diff") -> float:
+        values = []
+        for i in range(self.n):
+            logits = ref.edge_run(self.hf, self.runs[base][i], choose_for_prompt(i))
+            values.append(self.metric(logits, i, name))
+        return sum(values) / self.n
+
+
+def _replacer(source: torch.Tensor, selections):
+    """value -> value with ``source`` put in at each (component index or None, positions or None)."""
+
+    def fn(value):
+        value = value.clone()
+        for index, positions in selections:
+            rows = slice(None) if positions is None else positions
+            if index is None:
+                value[rows] = source[rows]
+            else:
+                value[rows, index] = source[rows, index]
+        return value
+
+    return fn
+
+
+def close(actual: float, expected: float, dtype: str) -> bool:
+    return abs(actual - expected) <= TOL[dtype] * max(1.0, abs(expected))
+
+
+# -- node circuits: (engine text, reference nodes as (kind, layer, index, position)) ---------------
+NODE_CIRCUITS = [
+    ("L1H2", [("head", 1, 2, None)]),
+    ("L0H3 MLP1", [("head", 0, 3, None), ("mlp", 1, None, None)]),
+    ("L0N5 L1N17", [("neuron", 0, 5, None), ("neuron", 1, 17, None)]),
+    ("embed", [("embed", None, None, None)]),
+    ("L1H1@-1 MLP0@2", [("head", 1, 1, -1), ("mlp", 0, None, 2)]),
+]
+
+
+def selected(nodes, length):
+    """{key: [(index, positions)]} selecting ``nodes`` in a prompt of ``length`` tokens."""
+    out = {}
+    for kind, layer, index, position in nodes:
+        key = ("embed",) if kind == "embed" else (kind, layer)
+        positions = None if position is None else [position % length] if position < length else []
+        if positions == []:
+            continue
+        out.setdefault(key, []).append((index, positions))
+    return out
+
+
+def complement(nodes, length, d_mlp):
+    """Every head and MLP outside ``nodes`` (an MLP with a named neuron goes neuron by neuron)."""
+    split = {layer for kind, layer, _, _ in nodes if kind == "neuron"}
+    kept = {(kind, layer, index) for kind, layer, index, _ in nodes}
+    out = {}
+    for layer in range(N_LAYERS):
+        heads = [h for h in range(N_HEADS) if ("head", layer, h) not in kept]
+        if heads:
+            out[("head", layer)] = [(heads, None)]
+        if layer in split:
+            neurons = [n for n in range(d_mlp) if ("neuron", layer, n) not in kept]
+            out[("neuron", layer)] = [(neurons, None)]
+        elif ("mlp", layer, None) not in kept:
+            out[("mlp", layer)] = [(None, None)]
+    return out
+
+
+@pytest.mark.parametrize("family, dtype", cases())
+@pytest.mark.parametrize("text, nodes", NODE_CIRCUITS, ids=[text for text, _ in NODE_CIRCUITS])
+def test_node_denoise_and_noise(family, dtype, text, nodes):
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+    for mode, base, source in (("denoise", "corrupt", "clean"), ("noise", "clean", "corrupt")):
+        expected = reference.node_run(base, source, lambda i, length: selected(nodes, length))
+        result = patcher.measure(mode, text)
+        assert close(result.patched, expected, dtype), (mode, result.patched, expected)
+        assert close(result.score, reference.score(expected, mode), dtype), mode
+
+
+@pytest.mark.parametrize("family, dtype", cases())
+@pytest.mark.parametrize(
+    "text, nodes",
+    [
+        ("L0H1 MLP1", [("head", 0, 1, None), ("mlp", 1, None, None)]),
+        ("L1N7 L0H2 L1H3", [("neuron", 1, 7, None), ("head", 0, 2, None), ("head", 1, 3, None)]),
+        ("", []),
+    ],
+    ids=["heads-and-mlp", "neuron-splits-its-mlp", "empty"],
+)
+@pytest.mark.parametrize("metric", ["logit_diff", "kl"])
+def test_node_circuit_only(family, dtype, text, nodes, metric):
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+    d_mlp = patcher.shape.d_mlp
+    expected = reference.node_run("clean", "corrupt", lambda i, length: complement(nodes, length, d_mlp), metric)
+    result = patcher.circuit_only(text, metric=metric)
+    assert close(result.patched, expected, dtype), (result.patched, expected)
+
+
+@pytest.mark.parametrize("family, dtype", cases())
+def test_the_mlp_width_is_the_models_own(family, dtype):
+    model, _, reference = setup(family, dtype)
+    assert Patcher(model, setup(family, dtype)[1]).shape.d_mlp == reference.records["clean"][0][("neuron", 0)].shape[-1]
+
+
+# -- sweeps: every over=, both modes, every metric -------------------------------------------------
+SWEEPS = [
+    ("heads", False, "logit_diff"),
+    ("heads", False, "kl"),
+    ("heads", False, "prob"),
+    ("mlps", False, "logit_diff"),
+    ("mlps", True, "logit_diff"),
+    ("resid", True, "logit_diff"),
+    ("neurons", False, "logit_diff"),
+]
+
+
+def sweep_key(over: str, layer: int, index: int):
+    kind = {"heads": "head", "mlps": "mlp", "resid": "resid_pre", "neurons": "neuron"}[over]
+    return (kind, layer)
+
+
+@pytest.mark.parametrize("family, dtype", cases())
+@pytest.mark.parametrize("over, per_position, metric", SWEEPS, ids=[f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS])
+@pytest.mark.parametrize("mode", ["denoise", "noise"])
+def test_sweeps(family, dtype, over, per_position, metric, mode):
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+    result = Sweeper(patcher, budget_bytes=2_000_000).sweep(over, mode, metric=metric, per_position=per_position)
+    base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupt")
+    grid = result.patched
+    if over == "neurons":
+        coords = [(layer, n) for layer in range(N_LAYERS) for n in range(0, grid.shape[1], 11)]
+    else:
+        coords = [tuple(int(i) for i in index) for index in torch.cartesian_prod(*[torch.arange(n) for n in grid.shape]).reshape(-1, grid.ndim)]
+    for coord in coords:
+        layer = coord[0]
+        if over in ("heads", "neurons"):
+            chooser = lambda i, length, c=coord: {sweep_key(over, layer, c[1]): [(c[1], None)]}  # noqa: E731
+        elif per_position:
+            chooser = lambda i, length, c=coord: {sweep_key(over, layer, 0): [(None, [c[1]])]} if c[1] < length else {}  # noqa: E731
+        else:
+            chooser = lambda i, length: {sweep_key(over, layer, 0): [(None, None)]}  # noqa: E731
+        expected = reference.node_run(base, source, chooser, metric)
+        assert close(float(grid[coord]), expected, dtype), (coord, float(grid[coord]), expected)
+
+
+@pytest.mark.parametrize("family, dtype", cases())
+def test_the_sweep_fast_path_is_taken_only_where_proven(family, dtype):
+    """The shortcut that resumes a run at the patched layer is enabled only after the model
+    showed it reproduces its own forward; on this suite that is GPT-2 alone."""
+    model, pairs, _ = setup(family, dtype)
+    assert Patcher(model, pairs).backend.resumes_suffix == (family == "gpt2")
+
+
+# -- edges ------------------------------------------------------------------------------------------
+EDGES = [
+    "embed -> L1H2.k, L0H1 -> L1H1.k, L0H3 -> L1H0.v, L0H0 -> L1H3.q, MLP0 -> logits, L1H0 -> logits, embed -> L0H2.q",
+    "L0H2 -> MLP1, embed -> MLP0, MLP0 -> L1H1.v, L1H2 -> logits",
+    "L0 -> L1N5, embed -> L1N5, embed -> L0N3, L0H1 -> L1H0.k",
+]
+PARALLEL_MISSING = "L1H2 -> MLP1"  # in parallel blocks the MLP does not read its own layer's heads
+
+
+def parse_edges(text: str):
+    """(sender, receiver) pairs as the reference names them, expanding the layer sender ``L0``."""
+    out = set()
+    for item in text.split(","):
+        sender, receiver = (part.strip() for part in item.split("->"))
+        senders = [f"L{sender[1:]}H{h}" for h in range(N_HEADS)] + [f"MLP{sender[1:]}"] if sender[1:].isdigit() else [sender]
+        out.update((s, receiver) for s in senders)
+    return out
+
+
+def engine_edges(family: str, text: str) -> str:
+    if family in PARALLEL_FAMILIES:  # same-layer head -> MLP edges do not exist there
+        text = ", ".join(item for item in text.split(",") if item.strip() != "L0H2 -> MLP1")
+    return text
+
+
+@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
+@pytest.mark.parametrize("text", EDGES, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
+def test_edge_circuits(family, dtype, text):
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+    text = engine_edges(family, text)
+    edges = parse_edges(text)
+    neuron_layers = {int(r[1 : r.index("N")]) for _, r in edges if "N" in r and not r.startswith("MLP")}
+    d_mlp = patcher.shape.d_mlp
+
+    def pick(run, inside: bool):
+        """choose(s, r): ``run``'s writes for edges in (inside) or outside (not inside) the circuit."""
+
+        def for_prompt(i):
+            writes = reference.writes(run, i)
+
+            def choose(sender, receiver):
+                if receiver.startswith("MLP") and int(receiver[3:]) in neuron_layers:
+                    return None  # that MLP is taken neuron by neuron: its L{l}N{n} receivers decide
+                if ((sender, receiver) in edges) == inside:
+                    return writes[sender]
+                return None
+
+            return choose
+
+        return for_prompt
+
+    expected = {
+        "denoise": reference.edge_run("corrupt", pick("clean", True)),
+        "noise": reference.edge_run("clean", pick("corrupt", True)),
+        "circuit_only": reference.edge_run("clean", pick("corrupt", False)),
+    }
+    for kind, value in expected.items():
+        result = patcher.measure(kind, text)
+        assert close(result.patched, value, dtype), (kind, result.patched, value)
+    assert d_mlp  # every family here has MLPs
+
+
+@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
+def test_an_edge_into_one_query_heads_key_changes_only_that_head(family, dtype):
+    """With grouped-query attention, L1H1.k shares its key weights with other query heads; an edge
+    into L1H1.k changes L1H1's key input alone (the reference computes each query head apart)."""
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+
+    def for_prompt(i):
+        clean = reference.writes("clean", i)
+        return lambda sender, receiver: clean[sender] if (sender, receiver) == ("L0H1", "L1H1.k") else None
+
+    expected = reference.edge_run("corrupt", for_prompt)
+    assert close(patcher.denoise("L0H1 -> L1H1.k").patched, expected, dtype)
+    if family in GQA_FAMILIES:  # the same write into the whole key group differs
+        group = reference.edge_run("corrupt", lambda i: lambda s, r: reference.writes("clean", i)[s] if s == "L0H1" and r in ("L1H0.k", "L1H1.k") else None)
+        assert abs(group - expected) > 10 * TOL[dtype]
+
+
+@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
+def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(family):
+    model, pairs, _ = setup(family, "float32")
+    patcher = Patcher(model, pairs)
+    if family not in EDGE_FAMILIES:
+        pytest.skip(f"{family} refuses every edge (see test_edge_refusals)")
+    with pytest.raises(CircuitError, match="does not exist in this model: its blocks are parallel"):
+        patcher.denoise(PARALLEL_MISSING)
+    from pytest_circuits.edges import edge_graph
+
+    assert not any(e.sender.kind == "head" and e.receiver.kind == "mlp" and e.sender.layer == e.receiver.layer for e in edge_graph(patcher.shape))
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in EDGE_FAMILIES])
+def test_edge_refusals_name_the_architecture_and_what_works(family):
+    model, pairs, _ = setup(family, "float32")
+    patcher = Patcher(model, pairs)
+    architecture = patcher.backend.architecture
+    for call in (lambda: patcher.denoise("L0H1 -> L1H1.k"), lambda: attribute(model, pairs, "edges")):
+        with pytest.raises(BackendError, match=rf"{architecture} model .* cannot be path patched .*Node circuits, sweeps and node attribution work"):
+            call()
+    assert patcher.denoise("L0H1").n_prompts == len(LENGTHS)  # nodes still work
+
+
+# -- attribution: the linear estimate, against directional derivatives of the reference ------------
+def directional(reference, base: str, source: str, make_replace, eps: float = 1e-4) -> float:
+    """Mean over prompts of d metric / dt at t=0 for values base + t * (source - base), by central
+    differences on the float64 reference (exact to ~eps**2)."""
+    total = 0.0
+    for i in range(reference.n):
+        tokens = reference.runs[base][i]
+        up = reference.metric(ref.run(reference.hf, tokens, make_replace(i, eps)), i)
+        down = reference.metric(ref.run(reference.hf, tokens, make_replace(i, -eps)), i)
+        total += (up - down) / (2 * eps)
+    return total / reference.n
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("over", ["heads", "mlps", "neurons"])
+def test_node_attribution(family, over):
+    model, pairs, reference = setup(family, "float64")
+    result = attribute(model, pairs, over, "denoise")
+    clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
+    kind = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}[over]
+    coords = [(1, 2), (0, 1)] if over == "heads" else [(1,), (0,)] if over == "mlps" else [(1, 7), (0, 30)]
+    for coord in coords:
+        key = (kind, coord[0])
+
+        def make_replace(i, t, coord=coord, key=key):
+            src, base = reference.records["clean"][i][key], reference.records["corrupt"][i][key]
+
+            def fn(value):
+                value = value.clone()
+                if len(coord) == 1:
+                    return base + t * (src - base)
+                value[:, coord[1]] = base[:, coord[1]] + t * (src[:, coord[1]] - base[:, coord[1]])
+                return value
+
+            return {key: fn}
+
+        expected = directional(reference, "corrupt", "clean", make_replace) / (clean - corrupt)
+        assert abs(float(result.scores[coord]) - expected) < 1e-5 * max(1.0, abs(expected)), (coord, float(result.scores[coord]), expected)
+
+
+@pytest.mark.parametrize("family", EDGE_FAMILIES)
+def test_edge_attribution(family):
+    model, pairs, reference = setup(family, "float64")
+    scores = attribute(model, pairs, "edges", "denoise")
+    clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
+    chosen = [(str(e), s) for e, s in zip(scores.edges, scores.scores.tolist())][::23]
+    assert len(chosen) >= 5
+    for name, score in chosen:
+        sender, receiver = (part.strip() for part in name.split("->"))
+        total = 0.0
+        for i in range(reference.n):
+            src, base = reference.writes("clean", i)[sender], reference.writes("corrupt", i)[sender]
+            tokens = reference.runs["corrupt"][i]
+            values = []
+            for t in (1e-4, -1e-4):
+                chooser = lambda s, r, t=t: base + t * (src - base) if (s, r) == (sender, receiver) else None  # noqa: E731
+                values.append(reference.metric(ref.edge_run(reference.hf, tokens, chooser), i))
+            total += (values[0] - values[1]) / 2e-4
+        expected = total / reference.n / (clean - corrupt)
+        assert abs(score - expected) < 1e-5 * max(1.0, abs(expected)), (name, score, expected)
+
+
+# -- what is built on the measurements: minimality and pareto --------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_minimality_and_pareto(family):
+    model, pairs, reference = setup(family, "float32")
+    patcher = Patcher(model, pairs)
+    nodes = {"L0H1": ("head", 0, 1, None), "L1H2": ("head", 1, 2, None), "MLP0": ("mlp", 0, None, None)}
+    d_mlp = patcher.shape.d_mlp
+
+    def circuit_only(names):
+        return reference.score(reference.node_run("clean", "corrupt", lambda i, length: complement([nodes[n] for n in names], length, d_mlp)), "circuit_only")
+
+    full = circuit_only(list(nodes))
+    result = minimality(patcher, " ".join(nodes))
+    for name, drop in result.drops.items():
+        assert close(drop, full - circuit_only([n for n in nodes if n != name]), "float32"), name
+    curve = pareto(model, pairs, list(nodes))
+    for size, recovered in zip(curve.sizes, curve.recovered):
+        assert close(recovered, circuit_only(list(nodes)[:size]), "float32"), size
