@@ -17,6 +17,12 @@ Node patching (every family in tests/families.py)
     ("logits",)       [p, vocab]        the model's logits (Gemma-2: after final soft-capping)
   ("embed",) and ("resid_pre", 0) hook the same point; when both are replaced, embed goes first.
 
+Gradients: nothing here switches autograd off. The models of tests/families.py have
+requires_grad=False parameters, so no graph is built unless a replacement value (run) or a chosen
+write (edge_run) requires grad; then d logits / d t flows through the HF model itself (exact
+derivatives, where central differences in float64 drown in the float32 roundings that HF's
+float64 forwards keep: softmax, RMSNorm, GPT-J's q.k; see the note in edge_run).
+
 Path patching (EDGE_FAMILIES)
     sender_writes(hf, tokens) -> {sender: [p, d]}
     edge_run(hf, tokens, choose) -> [p, vocab] logits
@@ -27,14 +33,15 @@ Where each value is taken (module paths relative to the decoder layer l):
     family   layers                      head values (input of)   mlp write (output of)   neuron (input of)
     gpt2     transformer.h               attn.c_proj (Conv1D)     mlp                     mlp.c_proj
     neox     gpt_neox.layers             attention.dense          mlp                     mlp.dense_4h_to_h
-    llama, mistral, qwen2, gemma, gemma2
+    llama, mistral, qwen2, gemma
              model.layers                self_attn.o_proj         mlp                     mlp.down_proj
+    gemma2   model.layers                self_attn.o_proj         post_feedforward_layernorm  mlp.down_proj
     gptj     transformer.h               attn.out_proj            mlp                     mlp.fc_out
     opt      model.decoder.layers        self_attn.out_proj       fc2 (no mlp submodule)  fc2
     bloom    transformer.h               self_attention.dense     mlp.dense_4h_to_h       mlp.dense_4h_to_h
   BLOOM's attention and MLP modules add the residual inside themselves (``dropout_add``), so the
   MLP *module* output is residual + write; the write is dense_4h_to_h's output. Gemma-2's
-  mlp value is the MLP module output, before post_feedforward_layernorm.
+  mlp value is what the MLP writes to the residual stream: the output of post_feedforward_layernorm.
 """
 
 from __future__ import annotations
@@ -93,6 +100,9 @@ def _hook_points(hf, layer):
         return layer.attn.c_proj, layer.mlp, layer.mlp.c_proj
     if fam == "neox":
         return layer.attention.dense, layer.mlp, layer.mlp.dense_4h_to_h
+    if fam == "gemma2":
+        # the MLP's write to the residual stream passes its post-feedforward norm first
+        return layer.self_attn.o_proj, layer.post_feedforward_layernorm, layer.mlp.down_proj
     if fam in _LLAMA_LIKE:
         return layer.self_attn.o_proj, layer.mlp, layer.mlp.down_proj
     if fam == "gptj":
@@ -199,8 +209,7 @@ def _node_forward(hf, tokens, replace: dict, store: dict | None) -> torch.Tensor
             handles.append(out_proj.register_forward_pre_hook(input_pre_hook(("head", l))))
             handles.append(down.register_forward_pre_hook(input_pre_hook(("neuron", l))))
             handles.append(mlp_write.register_forward_hook(output_hook(("mlp", l))))
-        with torch.no_grad():
-            logits = _logits(hf, tokens)
+        logits = _logits(hf, tokens)
     finally:
         for h in handles:
             h.remove()
@@ -386,7 +395,11 @@ class _Rotary:
 def _attention_probs(fam, q, k, scale, allowed):
     """Softmax(q k^T * scale, causal) with the same dtype handling as the HF eager attention."""
     if fam == "gptj":
-        scores = torch.matmul(q.to(torch.float32), k.to(torch.float32).T) * scale
+        # q.k in float32; HF then adds a mask of the model's dtype, which promotes the scores
+        # (float64 models get float64 scores back), and softmaxes in that dtype
+        # (batched [1, 1, p, d_head] like HF, so that the float32 rounding is the same)
+        scores = torch.matmul(q.to(torch.float32)[None, None], k.to(torch.float32).T[None, None])[0, 0] * scale
+        scores = scores.to(torch.promote_types(scores.dtype, q.dtype))
         scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         return F.softmax(scores, dim=-1).to(q.dtype)
     scores = torch.matmul(q, k.T) * scale
@@ -401,6 +414,8 @@ class _Mlp:
 
     def __init__(self, hf, layer):
         fam = family(hf)
+        down = _hook_points(hf, layer)[2]
+        self.d_mlp = down.weight.shape[_down_in_dim(hf)]
         if fam == "gpt2":
             m = layer.mlp  # Conv1D weights are [in, out]
             self.neurons = lambda x: m.act(x @ m.c_fc.weight + m.c_fc.bias)
@@ -503,7 +518,6 @@ def _down_in_dim(hf) -> int:
     return 0 if family(hf) == "gpt2" else 1  # Conv1D weight is [in, out]; nn.Linear is [out, in]
 
 
-@torch.no_grad()
 def _edge_forward(hf, tokens, choose):
     fam = family(hf)
     if fam not in EDGE_FAMILIES:
@@ -568,12 +582,13 @@ def _edge_forward(hf, tokens, choose):
             head_items.append(attn.b_O)
 
         mlp_reads = attn_reads if parallel else attn_reads + [head_items]
-        mlp_in = norm_mlp(read(f"MLP{l}", mlp_reads))
-        acts = mlp.neurons(mlp_in)
-        if choose is not None:
-            # each neuron computes from its own input; a neuron receiver falls back to MLP{l}
+        if choose is None:
+            acts = mlp.neurons(norm_mlp(read(f"MLP{l}", mlp_reads)))
+        else:
+            # each neuron computes its activation from its own input; where choose has nothing
+            # for ("s", "L{l}N{n}") it is asked for ("s", "MLP{l}"), the whole MLP's input
             columns = []
-            for n in range(acts.shape[-1]):
+            for n in range(mlp.d_mlp):
                 x_n = norm_mlp(read(f"L{l}N{n}", mlp_reads, fallback=f"MLP{l}"))
                 columns.append(mlp.neurons(x_n)[:, n])
             acts = torch.stack(columns, dim=-1)
