@@ -70,7 +70,12 @@ _LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma", "gemma2")
 
 
 def family(hf) -> str:
-    """The family name (as in tests/families.py) of a HF causal LM."""
+    """The family name (as in tests/families.py) of a HF causal LM; "native" for TransformerLens's
+    own attention-only ``NativeModel`` (plain torch modules: embeddings, layers of ``attn.q/k/v/o``)."""
+    if type(hf).__name__ == "NativeModel":
+        if not hf.cfg.attn_only:
+            raise NotImplementedError("the native reference covers attention-only models")
+        return "native"
     model_type = hf.config.model_type
     if model_type not in _MODEL_TYPES:
         raise NotImplementedError(f"no reference for model_type {model_type!r}")
@@ -90,12 +95,16 @@ def _decoder_layers(hf):
         return list(hf.gpt_neox.layers)
     if fam == "opt":
         return list(hf.model.decoder.layers)
+    if fam == "native":
+        return list(hf.layers)
     return list(hf.model.layers)
 
 
 def _hook_points(hf, layer):
     """(attention output projection, module whose output is the MLP write, down projection)."""
     fam = family(hf)
+    if fam == "native":
+        return layer.attn.o, None, None  # attention-only
     if fam == "gpt2":
         return layer.attn.c_proj, layer.mlp, layer.mlp.c_proj
     if fam == "neox":
@@ -118,11 +127,15 @@ def _hook_points(hf, layer):
 
 
 def _n_heads(hf) -> int:
+    if family(hf) == "native":
+        return hf.cfg.n_heads
     return hf.config.num_attention_heads if hasattr(hf.config, "num_attention_heads") else hf.config.n_head
 
 
 def _logits(hf, tokens: torch.Tensor) -> torch.Tensor:
     device = next(hf.parameters()).device
+    if family(hf) == "native":  # returns the logits themselves
+        return hf(input_ids=tokens.reshape(1, -1).to(device))[0]
     out = hf(input_ids=tokens.reshape(1, -1).to(device), use_cache=False)
     return out.logits[0]
 
@@ -144,7 +157,8 @@ def _node_forward(hf, tokens, replace: dict, store: dict | None) -> torch.Tensor
     p = tokens.shape[0]
     layers = _decoder_layers(hf)
     n_heads = _n_heads(hf)
-    known = {("embed",)} | {(kind, l) for kind in ("head", "mlp", "neuron", "resid_pre") for l in range(len(layers))}
+    kinds = ("head", "resid_pre") if family(hf) == "native" else ("head", "mlp", "neuron", "resid_pre")
+    known = {("embed",)} | {(kind, l) for kind in kinds for l in range(len(layers))}
     unknown = [k for k in replace if k not in known]
     if unknown:
         raise KeyError(f"cannot replace {unknown}; known keys look like ('head', 0), ('embed',)")
@@ -207,8 +221,9 @@ def _node_forward(hf, tokens, replace: dict, store: dict | None) -> torch.Tensor
             out_proj, mlp_write, down = _hook_points(hf, layer)
             handles.append(layer.register_forward_pre_hook(layer_pre_hook(l), with_kwargs=True))
             handles.append(out_proj.register_forward_pre_hook(input_pre_hook(("head", l))))
-            handles.append(down.register_forward_pre_hook(input_pre_hook(("neuron", l))))
-            handles.append(mlp_write.register_forward_hook(output_hook(("mlp", l))))
+            if down is not None:  # attention-only models have no MLP
+                handles.append(down.register_forward_pre_hook(input_pre_hook(("neuron", l))))
+                handles.append(mlp_write.register_forward_hook(output_hook(("mlp", l))))
         logits = _logits(hf, tokens)
     finally:
         for h in handles:

@@ -40,17 +40,59 @@ def setup(family: str, dtype: str):
     torch_dtype = DTYPES[dtype]
     clean, corrupt, answers = random_prompts(len(LENGTHS), max(LENGTHS), lengths=LENGTHS)
     pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
-    model = bridge_from_hf(build_hf(family, torch_dtype), model_name=family)
-    hf = build_hf(family, torch_dtype)  # the bridge rewires its own copy's modules
+    if family == "native":
+        model, hf = native_attention_only(torch_dtype)
+    else:
+        model = bridge_from_hf(build_hf(family, torch_dtype), model_name=family)
+        hf = build_hf(family, torch_dtype)  # the bridge rewires its own copy's modules
     runs = {"clean": clean, "corrupt": corrupt}
     records = {run: [ref.record(hf, t) for t in prompts] for run, prompts in runs.items()}
     return model, pairs, Reference(hf, runs, records, answers)
 
 
-def cases(edges_only: bool = False):
+def native_attention_only(dtype):
+    """TransformerLens's own attention-only architecture (``boot_native``), as a bridge, and a second
+    copy of the same module for the reference, which hooks its plain torch modules."""
+    import copy
+
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native.init import initialize_native_model
+    from transformer_lens.model_bridge.sources.native.model import NativeModel
+
+    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_layers=N_LAYERS, n_ctx=64, n_heads=N_HEADS, d_vocab=50, attn_only=True, seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = NativeModel(cfg)
+        initialize_native_model(module, cfg)
+        for parameter in module.parameters():  # larger weights, so a two-token corruption matters
+            parameter.data.mul_(3.0)
+    module = module.to(dtype).eval()
+    reference_copy = copy.deepcopy(module)
+    bridge = build_bridge_from_module(module, architecture="TransformerLensNative", tl_config=cfg, model_name="native")
+    return bridge.eval(), reference_copy
+
+
+ATTENTION_ONLY = ("native",)
+ALL_FAMILIES = FAMILIES + ATTENTION_ONLY
+
+
+def grid(items, ids, needs_mlp):
+    """(family, dtype, *item) for every family and dtype; attention-only families get only the
+    items that ``needs_mlp(item)`` says need no MLP."""
+    return [
+        pytest.param(family, dtype, *item, id=f"{item_id}-{family}-{dtype}")
+        for family in ALL_FAMILIES
+        for dtype in DTYPES
+        for item, item_id in zip(items, ids)
+        if family not in ATTENTION_ONLY or not needs_mlp(item)
+    ]
+
+
+def cases(edges_only: bool = False, mlps: bool = True):
     return [
         pytest.param(family, dtype, id=f"{family}-{dtype}")
-        for family in FAMILIES
+        for family in (FAMILIES if mlps else ALL_FAMILIES)
         for dtype in DTYPES
         if not edges_only or family in EDGE_FAMILIES
     ]
@@ -166,13 +208,16 @@ def complement(nodes, length, d_mlp):
         if layer in split:
             neurons = [n for n in range(d_mlp) if ("neuron", layer, n) not in kept]
             out[("neuron", layer)] = [(neurons, None)]
-        elif ("mlp", layer, None) not in kept:
+        elif ("mlp", layer, None) not in kept and d_mlp:
             out[("mlp", layer)] = [(None, None)]
     return out
 
 
-@pytest.mark.parametrize("family, dtype", cases())
-@pytest.mark.parametrize("text, nodes", NODE_CIRCUITS, ids=[text for text, _ in NODE_CIRCUITS])
+def uses_mlp(item) -> bool:
+    return any(node[0] in ("mlp", "neuron") for node in item[1])
+
+
+@pytest.mark.parametrize("family, dtype, text, nodes", grid(NODE_CIRCUITS, [t for t, _ in NODE_CIRCUITS], uses_mlp))
 def test_node_denoise_and_noise(family, dtype, text, nodes):
     model, pairs, reference = setup(family, dtype)
     patcher = Patcher(model, pairs)
@@ -183,15 +228,16 @@ def test_node_denoise_and_noise(family, dtype, text, nodes):
         assert close(result.score, reference.score(expected, mode), dtype), mode
 
 
-@pytest.mark.parametrize("family, dtype", cases())
+CIRCUIT_ONLY = [
+    ("L0H1 MLP1", [("head", 0, 1, None), ("mlp", 1, None, None)]),
+    ("L1N7 L0H2 L1H3", [("neuron", 1, 7, None), ("head", 0, 2, None), ("head", 1, 3, None)]),
+    ("L0H1 L1H3", [("head", 0, 1, None), ("head", 1, 3, None)]),
+    ("", []),
+]
+
+
 @pytest.mark.parametrize(
-    "text, nodes",
-    [
-        ("L0H1 MLP1", [("head", 0, 1, None), ("mlp", 1, None, None)]),
-        ("L1N7 L0H2 L1H3", [("neuron", 1, 7, None), ("head", 0, 2, None), ("head", 1, 3, None)]),
-        ("", []),
-    ],
-    ids=["heads-and-mlp", "neuron-splits-its-mlp", "empty"],
+    "family, dtype, text, nodes", grid(CIRCUIT_ONLY, ["heads-and-mlp", "neuron-splits-its-mlp", "heads", "empty"], uses_mlp)
 )
 @pytest.mark.parametrize("metric", ["logit_diff", "kl"])
 def test_node_circuit_only(family, dtype, text, nodes, metric):
@@ -226,8 +272,10 @@ def sweep_key(over: str, layer: int, index: int):
     return (kind, layer)
 
 
-@pytest.mark.parametrize("family, dtype", cases())
-@pytest.mark.parametrize("over, per_position, metric", SWEEPS, ids=[f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS])
+@pytest.mark.parametrize(
+    "family, dtype, over, per_position, metric",
+    grid(SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS], lambda item: item[0] in ("mlps", "neurons")),
+)
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
 def test_sweeps(family, dtype, over, per_position, metric, mode):
     model, pairs, reference = setup(family, dtype)
@@ -251,7 +299,7 @@ def test_sweeps(family, dtype, over, per_position, metric, mode):
         assert close(float(grid[coord]), expected, dtype), (coord, float(grid[coord]), expected)
 
 
-@pytest.mark.parametrize("family, dtype", cases())
+@pytest.mark.parametrize("family, dtype", cases(mlps=False))
 def test_the_sweep_fast_path_is_taken_only_where_proven(family, dtype):
     """The shortcut that resumes a run at the patched layer is enabled only after the model
     showed it reproduces its own forward; on this suite that is GPT-2 alone."""
@@ -353,7 +401,7 @@ def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(family):
     assert not any(e.sender.kind == "head" and e.receiver.kind == "mlp" and e.sender.layer == e.receiver.layer for e in edge_graph(patcher.shape))
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in EDGE_FAMILIES])
+@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in EDGE_FAMILIES])
 def test_edge_refusals_name_the_architecture_and_what_works(family):
     model, pairs, _ = setup(family, "float32")
     patcher = Patcher(model, pairs)
@@ -380,8 +428,9 @@ def derivative(reference, base: str, forward) -> float:
     return total / reference.n
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("over", ["heads", "mlps", "neurons"])
+@pytest.mark.parametrize(
+    "family, over", [(f, o) for f in ALL_FAMILIES for o in ("heads", "mlps", "neurons") if f not in ATTENTION_ONLY or o == "heads"]
+)
 def test_node_attribution(family, over):
     model, pairs, reference = setup(family, "float64")
     result = attribute(model, pairs, over, "denoise")
