@@ -117,7 +117,18 @@ class TransformerLensBackend:
         return (torch.arange(n) * 7 % self.shape.d_vocab)[None].to(self.device)
 
     def _measured_d_mlp(self) -> int:
-        _, captured = self.run(self._probe_tokens(), capture=[Site("neuron", 0)])
+        try:
+            _, captured = self.run(self._probe_tokens(), capture=[Site("neuron", 0)])
+        except Exception as error:  # noqa: BLE001 - a model this backend cannot run is refused, not a traceback
+            raise BackendError(
+                f"{self.architecture} model {self.name!r}: a probe forward with hooks fails "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); this architecture is not supported"
+            ) from None
+        if Site("neuron", 0) not in captured:
+            raise BackendError(
+                f"{self.architecture} model {self.name!r}: its MLP activation hook {self.hook_name(Site('neuron', 0))!r} never fires, "
+                "so neurons and MLPs cannot be patched; this architecture is not supported yet"
+            )
         return int(captured[Site("neuron", 0)].shape[-1])
 
     def hook_name(self, site: Site) -> str:
