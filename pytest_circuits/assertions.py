@@ -73,7 +73,7 @@ def validate_epsilon(value) -> float:
 
 def failure_message(result, threshold: float) -> str:
     """What a reader of a CI log needs: what was patched how, baselines, score vs threshold, spread."""
-    if isinstance(result, MinimalityResult):
+    if hasattr(result, "explain_failure"):  # minimality, faithfulness curves, random baselines
         return result.explain_failure(threshold)
     passing = sum(value >= threshold for value in result.per_prompt)
     if result.ci is None:

@@ -146,6 +146,9 @@ class Claim:
         """Score at least the threshold; with a confidence interval, its lower bound must be."""
         if self.threshold is None:
             return None
+        if getattr(self.result, "lower_is_better", False):  # e.g. CMD, a p-value: at most the threshold
+            value = self.result.score if self.result.ci is None else self.result.ci[1]
+            return value <= self.threshold
         value = self.result.score if self.result.ci is None else self.result.ci[0]
         return value >= self.threshold
 

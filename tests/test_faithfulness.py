@@ -1,0 +1,95 @@
+"""MIB's faithfulness curves: f at the budgets, CPR and CMD, against numbers computed by hand."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pytest_circuits import Circuit, CircuitError
+from pytest_circuits.faithfulness import MIB_BUDGETS, assert_cmd, assert_cpr, faithfulness, faithfulness_curve, trapezoid
+from pytest_circuits.toys import induction
+
+
+class StubPatcher:
+    """Circuit-only 'measurements' from a table: patched metric = 1 + (number of items kept)."""
+
+    ablation, corruption = "corrupt", None
+
+    def __init__(self, clean: float):
+        self.clean = clean
+        self.pairs = SimpleNamespace(n_prompts=3)
+        self.backend = SimpleNamespace(name="stub")
+        self.kept = []
+
+    def baselines(self, metric):
+        return torch.full((3,), self.clean, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+
+    def circuit_only(self, circuit, metric):
+        size = len(Circuit.parse(circuit).nodes)
+        self.kept.append(size)
+        return SimpleNamespace(patched=1.0 + size)
+
+
+def test_the_trapezoid_rule():
+    assert trapezoid([0, 1], [0, 1]) == 0.5
+    assert trapezoid([0.1, 0.5, 1.0], [1.0, 1.0, 0.0]) == pytest.approx(0.4 * 1.0 + 0.5 * 0.5)
+
+
+def test_budgets_sizes_normalization_and_areas_by_hand():
+    names = [f"L0H{h}" for h in range(4)] + [f"L1H{h}" for h in range(4)] + ["MLP0", "MLP1"]  # 10 items
+    stub = StubPatcher(clean=11.0)  # m(model) = 11, m(empty) = 1: f(size) = size / 10
+    curve = faithfulness_curve(stub, names)
+    # MIB keeps floor(budget * total) items: 0 for budgets under 10%, then 1, 2, 5, 10
+    assert curve.sizes == (0, 0, 0, 0, 0, 0, 1, 2, 5, 10)
+    assert curve.faithfulness == pytest.approx((0, 0, 0, 0, 0, 0, 0.1, 0.2, 0.5, 1.0))
+    assert sorted(set(stub.kept)) == [0, 1, 2, 5, 10]  # one forward per distinct size, the empty one included
+    # by hand: the curve is 0 up to 5%, then 0.1 at 10%, 0.2 at 20%, 0.5 at 50%, 1 at 100%
+    cpr = 0.05 * 0.05 + 0.1 * 0.15 + 0.3 * 0.35 + 0.5 * 0.75  # (0.05,0)-(0.1,0.1), (0.1,.1)-(0.2,.2), ...
+    assert curve.cpr == pytest.approx(cpr)
+    cmd = (0.05 - 0.001) * 1.0 + 0.05 * 0.95 + 0.1 * 0.85 + 0.3 * 0.65 + 0.5 * 0.25
+    assert curve.cmd == pytest.approx(cmd)
+    assert curve.budgets == MIB_BUDGETS
+
+
+def test_budgets_must_be_increasing_fractions():
+    with pytest.raises(CircuitError, match="increasing fractions"):
+        faithfulness_curve(StubPatcher(2.0), ["L0H0"], budgets=(0.5, 0.1))
+    with pytest.raises(CircuitError, match="increasing fractions"):
+        faithfulness_curve(StubPatcher(2.0), ["L0H0"], budgets=(0.5, 2))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return induction.load(), induction.prompt_pairs()
+
+
+def test_on_the_induction_toy_each_point_is_a_circuit_only_measurement(toy):
+    from pytest_circuits import Patcher, attribute
+
+    model, pairs = toy
+    ranking = attribute(model, pairs, "edges")
+    curve = faithfulness(model, pairs, ranking)
+    patcher = Patcher(model, pairs)
+    clean, _ = patcher.baselines()
+    empty = patcher.circuit_only(Circuit.parse([])).patched
+    for size, f in zip(curve.sizes, curve.faithfulness):
+        kept = patcher.circuit_only(Circuit.parse(list(curve.ranking[:size]))).patched
+        assert f == pytest.approx((kept - empty) / (float(clean.mean()) - empty), abs=1e-9)
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-6)  # every edge kept is the model
+    by_abs = [abs(s) for _, s in ranking.top(len(curve.ranking), by_magnitude=True)]
+    assert by_abs == sorted(by_abs, reverse=True)  # ranked by |score|, as MIB does
+    assert "cpr: " in curve.to_text() and "f[100.0% = 110]: 1" in curve.to_text()
+
+
+def test_cpr_and_cmd_claims(toy):
+    model, pairs = toy
+    from pytest_circuits import attribute
+
+    ranking = attribute(model, pairs, "edges")
+    curve = assert_cpr(model, pairs, ranking, 0.5)
+    assert curve.kind == "cpr" and curve.score == curve.cpr
+    with pytest.raises(AssertionError, match=r"CMD .* is above the maximum 0.001"):
+        assert_cmd(model, pairs, ranking, 0.001)
+    with pytest.raises(AssertionError, match=r"CPR .* is below the minimum 0.99"):
+        assert_cpr(model, pairs, ranking, 0.99)
+    assert assert_cmd(model, pairs, ranking, 0.5).score == pytest.approx(curve.cmd)
