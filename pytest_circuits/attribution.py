@@ -5,6 +5,13 @@ activation ``a`` from its base value to a source value is estimated to first ord
 ``(a_source - a_base) · ∂m/∂a`` at the base run. One forward and one backward pass on the base run
 (the clean and corrupt activations come from the cached runs) give the estimate for every head,
 MLP, neuron or edge. ``compare`` tells how well it ranks components against an exact ``sweep``.
+
+``method="eap-ig"`` (Hanna et al. 2024, "Have faith in faithfulness"): the gradient is averaged over
+``steps`` runs whose input embedding moves in a straight line from the corrupt prompts' (alpha = 0)
+towards the clean prompts' (alpha = k / steps, k = 0 .. steps - 1, as EAP-IG does), integrated
+gradients along the input path. Where the metric is far from linear in a component (a head that
+matters only through another head's attention pattern), the single gradient of plain attribution
+misses it and the path average does not. It costs ``steps`` forward and backward passes.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import torch
 from .backends import Site
 from .edges import Edge, edge_graph
 from .metrics import get_metric
-from .patching import Patcher, patcher as cached_patcher
+from .patching import Patcher, PatchingError, patcher as cached_patcher
 from .paths import SenderIndex
 from .sweeps import SweepResult
 
 ATTRIBUTE_OVER = ("heads", "mlps", "neurons", "edges")
+METHODS = ("eap", "eap-ig")
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,14 @@ class EdgeScores:
         return "\n".join(lines) + "\n"
 
 
-def attribute(model, pairs, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", ablation: str = "corrupt", corruption=None):
+def attribute(
+    model, pairs, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", ablation: str = "corrupt", corruption=None,
+    method: str = "eap", steps: int = 30,
+):
     """Estimated recovered fraction (denoise) or damage (noise) of every component of kind ``over``
-    (under the pairs' first corrupt set unless ``corruption`` names another)."""
-    return Attributor(cached_patcher(model, pairs, ablation, corruption)).attribute(over, mode, metric=metric)
+    (under the pairs' first corrupt set unless ``corruption`` names another); ``method="eap-ig"``
+    averages the gradient over ``steps`` points of the corrupt-to-clean input path."""
+    return Attributor(cached_patcher(model, pairs, ablation, corruption)).attribute(over, mode, metric=metric, method=method, steps=steps)
 
 
 class Attributor:
@@ -57,17 +69,31 @@ class Attributor:
         self.shape = patcher.shape
         self.pairs = patcher.pairs
 
-    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric="logit_diff") -> Union[SweepResult, EdgeScores]:
+    def attribute(
+        self, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", method: str = "eap", steps: int = 30
+    ) -> Union[SweepResult, EdgeScores]:
         if over not in ATTRIBUTE_OVER:
             raise ValueError(f"unknown attribution {over!r}: choose one of {', '.join(ATTRIBUTE_OVER)}")
         if mode not in ("denoise", "noise"):
             raise ValueError(f"unknown mode {mode!r}: choose denoise or noise")
+        if method not in METHODS:
+            raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
+        if method == "eap-ig" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be a positive whole number of integration steps, got {steps!r}")
+        if method == "eap-ig" and self.patcher.ablation != "corrupt":
+            raise PatchingError(
+                f"eap-ig integrates along the path between the corrupt and the clean prompts' inputs; ablation "
+                f"{self.patcher.ablation!r} has no corrupt input: use method='eap' or ablation='corrupt'"
+            )
         metric = get_metric(metric)
         clean, corrupt = self.patcher.baselines(metric)
         gap = float(clean.mean() - corrupt.mean())
         base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupted")
         sites = self._sites(over)
-        grads = self._gradients(metric, base, sites, split_inputs=over == "edges")
+        if method == "eap":
+            grads = self._gradients(metric, base, sites, split_inputs=over == "edges")
+        else:
+            grads = self._path_gradients(metric, base, sites, over == "edges", steps)
         sign = 1.0 if mode == "denoise" else -1.0  # damage is minus the change
         if over == "edges":
             return self._edges(grads, base, source, sign / gap, mode, metric.name)
@@ -98,8 +124,22 @@ class Attributor:
         receivers += [Site("mlp_in", l) for l in layers] if self.shape.d_mlp else []
         return receivers + [Site("resid_final")]
 
-    def _gradients(self, metric, base: str, sites: List[Site], split_inputs: bool) -> Dict[Site, torch.Tensor]:
-        """∂(mean metric)/∂(site values) on the unpatched base run: one forward, one backward."""
+    def _path_gradients(self, metric, base: str, sites: List[Site], split_inputs: bool, steps: int) -> Dict[Site, torch.Tensor]:
+        """The gradients averaged over ``steps`` runs whose input embedding is corrupt + (k / steps)
+        * (clean - corrupt), k = 0 .. steps - 1 (EAP-IG's integration points)."""
+        embeds = self.patcher.activations("clean", [Site("embed")])[Site("embed")], self.patcher.activations("corrupt", [Site("embed")])[Site("embed")]
+        clean_embed, corrupt_embed = embeds
+        total: Dict[Site, torch.Tensor] = {}
+        for k in range(steps):
+            point = corrupt_embed + (k / steps) * (clean_embed - corrupt_embed)
+            grads = self._gradients(metric, base, sites, split_inputs, embed=point)
+            for site, grad in grads.items():
+                total[site] = grad if site not in total else total[site] + grad
+        return {site: grad / steps for site, grad in total.items()}
+
+    def _gradients(self, metric, base: str, sites: List[Site], split_inputs: bool, embed=None) -> Dict[Site, torch.Tensor]:
+        """∂(mean metric)/∂(site values) on the unpatched base run (with ``embed``: on a run whose
+        input embedding is ``embed``): one forward, one backward."""
         if split_inputs:
             self.backend.check_edges()
         kept: Dict[Site, torch.Tensor] = {}
@@ -119,8 +159,11 @@ class Attributor:
             return hook
 
         tokens = self.pairs.clean if base == "clean" else self.pairs.corrupt
+        patches = {site: keep(site) for site in sites}
+        if embed is not None:
+            patches = {Site("embed"): lambda act: embed.to(act.dtype), **patches}
         with torch.enable_grad():
-            logits, _ = self.backend.run(tokens, patches={site: keep(site) for site in sites}, split_inputs=split_inputs, grad=True)
+            logits, _ = self.backend.run(tokens, patches=patches, split_inputs=split_inputs, grad=True)
             reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
             # the metric's function itself, so its value stays differentiable
             at = logits if not metric.at_answer else logits[torch.arange(self.pairs.n_prompts), self.pairs.answer_positions]

@@ -11,6 +11,11 @@ noising damages with the damage of noising them all at once:
 *Negative components* move the metric the wrong way: denoising one alone makes the corrupt run
 *worse*. A circuit that leaves them out can score above 1, so every head and MLP of the model is
 scanned, plus any finer component (neuron, position, edge) the circuit names.
+
+*Self-repair* (``self_repair``) is reported alongside for a node circuit on a model that can be
+path patched: each component's direct effect (its edge to the logits) against its total effect.
+It concerns what happens downstream of one component, the compensation ratio what its fellow
+circuit components do for each other; the two are reported under their own names.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .backends import BackendError
 from .circuit import Circuit, CircuitLike
 from .metrics import get_metric
 from .results import fixed
+from .self_repair import SelfRepair, self_repair
 
 DEFAULT_TOLERANCE = 0.05
 _MIN_JOINT = 1e-6  # a joint damage this small has no meaningful ratio
@@ -37,6 +44,8 @@ class Diagnosis:
     wrong_way: Tuple[Tuple[str, float], ...]  # (component, recovered when denoised alone) below -tolerance
     tolerance: float = DEFAULT_TOLERANCE
     corruption: Optional[str] = None
+    self_repair: Optional[SelfRepair] = None  # None: an edge circuit, or a model without path patching
+    self_repair_note: Optional[str] = None  # why it was not measured
 
     @property
     def individual_sum(self) -> float:
@@ -83,6 +92,11 @@ class Diagnosis:
             out.append(f"denoising moves the metric the wrong way: {moved}; a circuit without them can score above 1")
         else:
             out.append(f"no component moves the metric the wrong way by more than {self.tolerance:g}")
+        if self.self_repair is not None:
+            out.append("self-repair (direct effect, its edge to the logits, minus total effect, both noised):")
+            out += [f"  {line}" for line in self.self_repair.lines()]
+        elif self.self_repair_note:
+            out.append(f"self-repair not measured: {self.self_repair_note}")
         return out
 
     def to_text(self) -> str:
@@ -93,6 +107,8 @@ class Diagnosis:
         lines += [f"damage_alone[{name}]: {damage:.6g}" for name, damage in self.individual]
         lines += [f"damage_together: {self.joint:.6g}", f"compensation_ratio: {'none' if ratio is None else f'{ratio:.6g}'}"]
         lines += [f"wrong_way[{name}]: {score:.6g}" for name, score in self.wrong_way]
+        if self.self_repair is not None:
+            lines += [f"self_repair[{name}]: {direct - total:.6g}" for name, direct, total in self.self_repair.effects]
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
@@ -113,7 +129,22 @@ def diagnose(patcher, circuit: CircuitLike, *, metric="logit_diff", tolerance: f
         if unit not in denoised:
             denoised[unit] = patcher.denoise(unit, metric=metric).score
     wrong_way = tuple(sorted(((name, score) for name, score in denoised.items() if score < -tolerance), key=lambda item: item[1]))
-    return Diagnosis(circuit, metric.name, individual, joint, wrong_way, tolerance, patcher.corruption)
+    repair, note = _self_repair(patcher, resolved, metric)
+    return Diagnosis(circuit, metric.name, individual, joint, wrong_way, tolerance, patcher.corruption, repair, note)
+
+
+def _self_repair(patcher, resolved: Circuit, metric):
+    """Self-repair of the circuit's heads and MLPs, or why it cannot be measured here."""
+    if resolved.is_edges:
+        return None, "it is measured per component; this is an edge circuit"
+    nodes = [node for node in resolved if node.kind in ("head", "mlp")]
+    if not nodes:
+        return None, "the circuit has no head or MLP"
+    try:
+        patcher.backend.check_edges()
+    except BackendError as error:
+        return None, f"the direct effect is an edge to the logits, and {str(error).split(':')[0]}"
+    return self_repair(patcher, Circuit(nodes=frozenset(nodes)), metric=metric), None
 
 
 def _whole_components_denoised(patcher, metric):

@@ -5,8 +5,9 @@ Semantics (DESIGN.md): *denoise(S)* runs the corrupt run with S carrying clean v
 clean prompts with everything outside C carrying corrupted values while C computes live.
 
 The *corrupted value* of a node comes from the ablation: ``corrupt`` (the corrupt prompts'
-activations, the default), ``mean`` (their mean over the corrupt prompts, per position) or
-``zero``. The *corrupt run* is the run in which every node carries its corrupted value: for
+activations, the default), ``mean`` (their mean over every token of every corrupt prompt),
+``mean-positional`` (their mean over the corrupt prompts at each position), ``zero`` or
+``resample`` (another corrupt prompt's). The *corrupt run* is the run in which every node carries its corrupted value: for
 ``corrupt`` that is the unpatched run on the corrupt prompts; for ``mean``/``zero`` it is the clean
 prompts with every head and MLP ablated (the input embedding stays the clean one).
 
@@ -31,7 +32,7 @@ from .paths import EdgePatcher, edge_plan
 from .prompts import EncodedPairs, PromptPairs
 from .results import PatchResult
 
-ABLATIONS = ("corrupt", "mean", "zero", "resample")
+ABLATIONS = ("corrupt", "mean", "mean-positional", "zero", "resample")
 KINDS = ("denoise", "noise", "circuit_only")
 
 
@@ -184,7 +185,9 @@ class Patcher:
         if self.ablation == "resample":
             order = self.resample_order
             return {site: act[order] for site, act in corrupt.items()}
-        return {site: _mean_over_prompts(act, self.pairs) for site, act in corrupt.items()}
+        if self.ablation == "mean-positional":
+            return {site: _mean_over_prompts(act, self.pairs) for site, act in corrupt.items()}
+        return {site: _mean_over_tokens(act, self.pairs) for site, act in corrupt.items()}
 
     @property
     def resample_order(self) -> torch.Tensor:
@@ -292,6 +295,14 @@ def _mean_over_prompts(act: torch.Tensor, pairs: EncodedPairs) -> torch.Tensor:
     real = (seq[None, :] < pairs.lengths.to(act.device)[:, None]).to(act.dtype)
     real = real.view(*real.shape, *([1] * (act.ndim - 2)))
     return ((act * real).sum(0) / real.sum(0).clamp(min=1)).expand_as(act)
+
+
+def _mean_over_tokens(act: torch.Tensor, pairs: EncodedPairs) -> torch.Tensor:
+    """One mean over every real (not padding) token of every prompt, at every position."""
+    seq = torch.arange(pairs.seq_len, device=act.device)
+    real = (seq[None, :] < pairs.lengths.to(act.device)[:, None]).to(act.dtype)
+    real = real.view(*real.shape, *([1] * (act.ndim - 2)))
+    return ((act * real).sum((0, 1)) / real.sum((0, 1)).clamp(min=1)).expand_as(act)
 
 
 def _neuron_layers(nodes: Circuit) -> set:

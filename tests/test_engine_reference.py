@@ -119,7 +119,7 @@ def test_position_restricted_nodes_patch_only_there(model, pairs):
         assert patcher.denoise(text).patched == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_mean_ablation_uses_the_per_position_mean_of_the_corrupt_prompts(model, pairs):
+def test_positional_mean_ablation_uses_the_per_position_mean_of_the_corrupt_prompts(model, pairs):
     enc = pairs.encode()
     _, corrupt_cache = model.run_with_cache(enc.corrupt)
     mean_z = corrupt_cache["blocks.0.attn.hook_z"].mean(0, keepdim=True)
@@ -130,7 +130,24 @@ def test_mean_ablation_uses_the_per_position_mean_of_the_corrupt_prompts(model, 
         return z
 
     expected = tl_logit_diff(pairs)(hook_run(model, enc.clean, {"blocks.0.attn.hook_z": z_fn}))
-    assert Patcher(model, pairs, ablation="mean").noise("L0H3").patched == pytest.approx(float(expected), abs=1e-5)
+    assert Patcher(model, pairs, ablation="mean-positional").noise("L0H3").patched == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_mean_ablation_uses_one_mean_over_every_real_token():
+    """MIB's ``mean``: the mean over all tokens of all corrupt prompts (padding left out)."""
+    model = random_gpt2(seed=5)
+    pairs = random_pairs(n=4, lengths=[8, 5, 6, 8])
+    enc = pairs.encode()
+    tokens = [z for i, k in enumerate(enc.lengths.tolist()) for z in model.run_with_cache(enc.corrupt[i : i + 1, :k])[1]["blocks.1.attn.hook_z"][0]]
+    mean_z = torch.stack(tokens).mean(0)  # [head, d_head], from unpadded runs
+
+    def z_fn(z):
+        z = z.clone()
+        z[:, :, 2] = mean_z[2]
+        return z
+
+    expected = tl_logit_diff(pairs)(hook_run(model, enc.clean, {"blocks.1.attn.hook_z": z_fn}))
+    assert Patcher(model, pairs, ablation="mean").noise("L1H2").patched == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_zero_ablation_zeroes_the_node(model, pairs):
@@ -139,7 +156,7 @@ def test_zero_ablation_zeroes_the_node(model, pairs):
     assert Patcher(model, pairs, ablation="zero").noise("MLP1").patched == pytest.approx(float(expected), abs=1e-5)
 
 
-@pytest.mark.parametrize("ablation", ["corrupt", "mean", "zero"])
+@pytest.mark.parametrize("ablation", ["corrupt", "mean", "mean-positional", "zero"])
 def test_extremes_recover_everything_or_nothing(model, pairs, ablation):
     patcher = Patcher(model, pairs, ablation=ablation)
     everything = "L*H* MLP*"
