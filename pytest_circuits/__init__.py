@@ -11,8 +11,13 @@ from .diagnostics import Diagnosis
 from .minimality import MinimalityResult
 from .pareto import ParetoCurve
 from .results import ByCorruption, Claim, PatchResult
-from .verdicts import diagnose, pareto
+from .verdicts import beats_random, complete, diagnose, pareto, repair
 from .session import CircuitSession
+from .completeness import CompletenessResult, assert_complete
+from .faithfulness import FaithfulnessCurve, assert_cmd, assert_cpr, faithfulness
+from .graph_files import LoadedGraph, load_auto_circuit, load_eap_ig, save_auto_circuit, save_eap_ig
+from .random_circuits import RandomBaseline, assert_beats_random
+from .self_repair import SelfRepair
 from .sweeps import SweepResult, sweep
 
 __version__ = "0.1.0"
@@ -21,12 +26,15 @@ __all__ = [
     "BackendError",
     "ByCorruption",
     "Circuit",
+    "CircuitError",
     "CircuitSession",
     "Claim",
-    "CircuitError",
+    "CompletenessResult",
     "Diagnosis",
     "Edge",
     "EncodedPairs",
+    "FaithfulnessCurve",
+    "LoadedGraph",
     "Metric",
     "MetricError",
     "MinimalityResult",
@@ -38,23 +46,37 @@ __all__ = [
     "PatchingError",
     "PromptError",
     "PromptPairs",
+    "RandomBaseline",
     "Receiver",
+    "SelfRepair",
     "SweepResult",
     "ThresholdError",
+    "assert_beats_random",
+    "assert_cmd",
+    "assert_complete",
+    "assert_cpr",
     "assert_minimal",
     "assert_necessary",
     "assert_recovers",
     "assert_sufficient",
     "attribute",
+    "beats_random",
     "circuit_only",
     "clear_cache",
     "compare",
+    "complete",
     "denoise",
     "diagnose",
+    "faithfulness",
     "get_metric",
+    "load_auto_circuit",
+    "load_eap_ig",
     "noise",
     "pareto",
     "patcher",
     "register_metric",
+    "repair",
+    "save_auto_circuit",
+    "save_eap_ig",
     "sweep",
 ]
