@@ -28,6 +28,11 @@ from pytest_circuits.sweeps import Sweeper  # noqa: E402
 from pytest_circuits.toys import _gpt2  # noqa: E402
 
 
+# Random weights a little larger than a fresh model's (0.02), so the last position's logits depend on
+# the corrupted tokens clearly enough for a measurable clean-corrupt gap, as in a trained model.
+INIT = 0.2
+
+
 def gpt2_small(device: str, quick: bool):
     from transformers import GPT2LMHeadModel
 
@@ -35,7 +40,7 @@ def gpt2_small(device: str, quick: bool):
     if quick:
         sizes = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=5000, n_positions=64)
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(_gpt2.gpt2_config(**sizes)).to(device)
+    hf = GPT2LMHeadModel(_gpt2.gpt2_config(**sizes, initializer_range=INIT)).to(device)
     return _gpt2.bridge(hf, model_name="gpt2-small-sized (random)")
 
 
@@ -52,17 +57,25 @@ def llama_small(device: str, quick: bool):
         sizes = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=128,
                      intermediate_size=344, vocab_size=5000, max_position_embeddings=64)
     torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(**sizes, bos_token_id=0, eos_token_id=1, pad_token_id=2)).to(device)
+    hf = LlamaForCausalLM(LlamaConfig(**sizes, initializer_range=INIT, bos_token_id=0, eos_token_id=1, pad_token_id=2)).to(device)
     return bridge_from_hf(hf, model_name="llama-style gpt2-small-sized (random)")
 
 
-def random_pairs(vocab: int, n: int, seq: int, device: str) -> PromptPairs:
+def random_pairs(model, n: int, seq: int) -> PromptPairs:
+    """Random prompts, corrupted at three tokens in the middle; the answers are the model's own top
+    next token on each clean and each corrupt prompt, so the clean and corrupt runs differ clearly
+    on the logit difference even in a random model."""
+    vocab = model.cfg.d_vocab
     g = torch.Generator().manual_seed(1)
     clean = torch.randint(100, vocab, (n, seq), generator=g)
     corrupt = clean.clone()
     corrupt[:, seq // 3 : seq // 3 + 3] = torch.randint(100, vocab, (n, 3), generator=g)
-    answers = torch.randint(100, vocab, (n, 2), generator=g)
-    return PromptPairs(clean, corrupt, answers)
+    with torch.no_grad():
+        top_clean = model(clean.to(model.cfg.device))[:, -1].argsort(-1, descending=True)[:, :2].cpu()
+        top_corrupt = model(corrupt.to(model.cfg.device))[:, -1].argmax(-1).cpu()
+    # where both runs agree on the top token, the clean run's second choice is the wrong answer
+    wrong = torch.where(top_corrupt == top_clean[:, 0], top_clean[:, 1], top_corrupt)
+    return PromptPairs(clean, corrupt, torch.stack([top_clean[:, 0], wrong], dim=1))
 
 
 def sync(device: str) -> None:
@@ -176,6 +189,14 @@ def bench_model(label: str, model, pairs: PromptPairs, device: str, budget: int,
     if not skip_tl:
         line("attribution over heads", t_attr, results["tl_heads_time"], extra=f"  (vs exact: spearman {agreement['spearman']:.2f}, top-10 overlap {agreement['top_k_overlap']:.1f})")
 
+    from pytest_circuits.faithfulness import faithfulness_curve
+
+    before = patcher.forward_passes
+    curve, t_curve = timed(lambda: faithfulness_curve(patcher, attribution), device)
+    distinct = len(set(curve.sizes) | {0})
+    print(f"{'faithfulness curve (10 budgets)':<34} ours {t_curve:8.2f}s  {patcher.forward_passes - before} patched forwards "
+          f"({distinct} distinct circuit sizes, the empty one included)  CPR {curve.cpr:.3f}", flush=True)
+
     shape = patcher.shape
     g = torch.Generator().manual_seed(2)
     claims = []
@@ -216,7 +237,7 @@ def main() -> None:
     for key in args.models.split(","):
         label, build = builders[key.strip()]
         model = build(args.device, args.quick)
-        pairs = random_pairs(model.cfg.d_vocab, args.prompts, args.seq, args.device)
+        pairs = random_pairs(model, args.prompts, args.seq)
         bench_model(label, model, pairs, args.device, args.budget_mb << 20)
         del model
     if not args.no_toys:
