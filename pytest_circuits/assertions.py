@@ -16,13 +16,16 @@ import math
 from numbers import Real
 from typing import Callable, List, Optional, Sequence, Union
 
+import torch
+
 from .circuit import CircuitLike
-from .confidence import prompts_needed
-from .errors import InputError
+from .confidence import prompts_needed, unclear_gap
+from .errors import ArgumentError, InputError
 from .minimality import MinimalityResult, minimality
-from .patching import patcher
+from .patching import PatchingError, patcher
 from .prompts import PromptPairs
 from .results import ByCorruption, Claim, PatchResult, fixed
+from .snapshot import matches
 
 _LISTENERS: List[Callable[[Claim], None]] = []
 
@@ -113,10 +116,12 @@ Measured = Union[PatchResult, MinimalityResult, ByCorruption]
 def corruptions_to_check(pairs: PromptPairs, corruption: Union[None, str, Sequence[str]] = None) -> tuple:
     """The corrupt sets a claim is checked under: all of them, or those named (checked to exist)."""
     if not isinstance(pairs, PromptPairs):
-        raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+        raise ArgumentError(f"pairs must be PromptPairs (e.g. PromptPairs(clean, corrupt, answers)), got {type(pairs).__name__}")
     if corruption is None:
         return pairs.corruption_names
-    names = (corruption,) if isinstance(corruption, str) else tuple(corruption)
+    names = (corruption,) if isinstance(corruption, str) else corruption
+    if not isinstance(names, (list, tuple)) or not names:
+        raise ArgumentError(f"corruption= names a corrupt set or a list of them, e.g. 'random'; got {corruption!r}")
     for name in names:
         pairs.only(name)
     return names
@@ -132,14 +137,18 @@ def check(result: Measured, threshold: Optional[float], snapshot=None) -> Measur
     """Announce the claim (one per corrupt set); raise ``AssertionError`` unless it reaches
     ``threshold`` under every set and, when a ``snapshot`` (e.g. ``circuit_snapshot``) is given,
     matches it. Both are always checked, so a failing claim on a new checkpoint also shows which
-    numbers moved."""
+    numbers moved; only a claim that holds may write its snapshot (``--snapshot-update``)."""
     problems = []
     compared = None
+    parts = tuple(result) if isinstance(result, ByCorruption) else (result,)
+    if threshold is not None:
+        for part in parts:
+            require_a_behaviour(part)
+    holds = all(Claim(part, threshold).holds is not False for part in parts)
     if snapshot is not None:
-        compared = "matches" if snapshot == result else "changed"
+        compared = "matches" if matches(snapshot, result, write=holds) else "changed"
         if compared == "changed":
             problems.append("snapshot changed:\n" + "\n".join(f"  {line}" for line in snapshot.get_assert_diff()))
-    parts = tuple(result) if isinstance(result, ByCorruption) else (result,)
     claims = [announce(Claim(part, threshold, compared)) for part in parts]
     failed = [claim for claim in claims if claim.holds is False]
     if failed:
@@ -150,6 +159,23 @@ def check(result: Measured, threshold: Optional[float], snapshot=None) -> Measur
     if problems:
         raise AssertionError("\n".join(problems))
     return result
+
+
+def require_a_behaviour(result) -> None:
+    """A verdict needs a behaviour to judge: refuse one whose clean-corrupt gap is not clearly
+    non-zero across prompts (``confidence.unclear_gap``), saying so with the numbers."""
+    measured = getattr(result, "full", result)  # minimality is judged on its circuit's measurement
+    if not getattr(measured, "per_prompt_clean", ()):
+        return  # a result that carries no per-prompt baselines judges its own evidence
+    clean, corrupt = (torch.tensor(values, dtype=torch.float64) for values in (measured.per_prompt_clean, measured.per_prompt_corrupt))
+    reason = unclear_gap(clean, corrupt)
+    if reason is not None:
+        which = "corrupt runs" if measured.corruption is None else f"corrupt runs (corrupt set {measured.corruption!r})"
+        raise PatchingError(
+            f"clean and {which} do not clearly differ on {measured.metric} (clean {measured.clean:.6g}, corrupt "
+            f"{measured.corrupt:.6g}; {reason}): the corruption does not change the behaviour, so no claim about it can be "
+            "judged. Check that the corrupt prompts remove the behaviour on this model, or choose another metric."
+        )
 
 
 def _judged(kind, model, pairs, circuit, threshold, metric, ablation, confidence, corruption, snapshot) -> Measured:

@@ -24,7 +24,8 @@ import torch
 from .backends import Site
 from .edges import Edge, edge_graph
 from .metrics import get_metric
-from .patching import Patcher, PatchingError, patcher as cached_patcher
+from .errors import ArgumentError
+from .patching import Patcher, PatchingError, patcher as cached_patcher, require_a_gap
 from .paths import SenderIndex
 from .sweeps import SweepResult
 
@@ -72,14 +73,14 @@ class Attributor:
     def attribute(
         self, over: str = "heads", mode: str = "denoise", *, metric="logit_diff", method: str = "eap", steps: int = 30
     ) -> Union[SweepResult, EdgeScores]:
-        if over not in ATTRIBUTE_OVER:
-            raise ValueError(f"unknown attribution {over!r}: choose one of {', '.join(ATTRIBUTE_OVER)}")
+        if not isinstance(over, str) or over not in ATTRIBUTE_OVER:
+            raise ArgumentError(f"unknown attribution {over!r}: choose one of {', '.join(ATTRIBUTE_OVER)}")
         if mode not in ("denoise", "noise"):
-            raise ValueError(f"unknown mode {mode!r}: choose denoise or noise")
-        if method not in METHODS:
-            raise ValueError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
+            raise ArgumentError(f"unknown mode {mode!r}: choose denoise or noise")
+        if not isinstance(method, str) or method not in METHODS:
+            raise ArgumentError(f"unknown attribution method {method!r}: choose one of {', '.join(METHODS)}")
         if method == "eap-ig" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be a positive whole number of integration steps, got {steps!r}")
+            raise ArgumentError(f"steps must be a positive whole number of integration steps, got {steps!r}")
         if method == "eap-ig" and self.patcher.ablation != "corrupt":
             raise PatchingError(
                 f"eap-ig integrates along the path between the corrupt and the clean prompts' inputs; ablation "
@@ -87,6 +88,7 @@ class Attributor:
             )
         metric = get_metric(metric)
         clean, corrupt = self.patcher.baselines(metric)
+        require_a_gap(clean, corrupt, metric)
         gap = float(clean.mean() - corrupt.mean())
         base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupted")
         sites = self._sites(over)

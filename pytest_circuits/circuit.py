@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from .edges import Edge, Receiver, edge_graph
+from .files import read_text
 from .nodes import WILDCARD, CircuitError, ModelShape, Node
 
 __all__ = ["Circuit", "CircuitError", "CircuitLike", "Edge", "ModelShape", "Node", "Receiver", "WILDCARD"]
@@ -32,6 +33,8 @@ class Circuit:
     edges: frozenset = frozenset()
 
     def __post_init__(self):
+        if self.name is not None and not isinstance(self.name, str):
+            raise CircuitError(f"a circuit's name is text, got {type(self.name).__name__} {self.name!r}")
         nodes = frozenset(Node.parse(n) if isinstance(n, str) else n for n in self.nodes)
         edges = frozenset(Edge.parse(e) if isinstance(e, str) else e for e in self.edges)
         if nodes and edges:
@@ -178,28 +181,32 @@ class Circuit:
         path = Path(path)
         if path.suffix not in (".json", ".toml"):
             raise CircuitError(f"cannot load a circuit from {path.name!r}: use a .toml or .json file")
+        text = read_text(path, "circuit file", CircuitError)
         try:
-            text = path.read_text(encoding="utf-8-sig")
-        except OSError as error:
-            raise CircuitError(f"cannot read circuit file {str(path)!r}: {error.strerror}") from None
-        if path.suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise CircuitError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
-        else:
-            import tomllib
-
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as error:
-                line = re.search(r"at line (\d+)", str(error))
-                where = f"{path}:{line.group(1)}" if line else str(path)
-                raise CircuitError(f"{where}: not valid TOML: {error}") from None
+            data = _parse(path, text)
+        except RecursionError:
+            raise CircuitError(f"{path}: nested too deeply to read; a circuit file is one table with a 'nodes' or 'edges' list") from None
         try:
             return cls.from_dict(data, source=str(path))
         except CircuitError as error:
             raise CircuitError(_with_line(str(error), str(path), text)) from None
+
+
+def _parse(path: Path, text: str):
+    """The data of a .json or .toml circuit file; syntax errors name the line."""
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CircuitError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        line = re.search(r"at line (\d+)", str(error))
+        where = f"{path}:{line.group(1)}" if line else str(path)
+        raise CircuitError(f"{where}: not valid TOML: {error}") from None
 
 
 def _with_line(message: str, path: str, text: str) -> str:

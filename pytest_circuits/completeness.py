@@ -12,7 +12,7 @@ widens the gap most. Each K costs two patched forwards.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .circuit import Circuit, CircuitError, CircuitLike
@@ -33,6 +33,7 @@ class CompletenessResult:
     ablation: str = "corrupt"
     corruption: Optional[str] = None
     model: Optional[str] = None
+    full: Optional[object] = field(default=None, repr=False, compare=False)  # the circuit's own circuit-only measurement
 
     kind = "complete"
     score_name = "worst gap"
@@ -117,6 +118,7 @@ def completeness(
         raise CircuitError(f"{missing[0]} is not a unit of the model's graph at the circuit's grain")
     build = (lambda items: Circuit(edges=frozenset(items))) if resolved.is_edges else (lambda items: Circuit(nodes=frozenset(items)))
     cache = {}
+    own = patcher.circuit_only(build(units), metric=metric)
 
     def gap_of(subset: frozenset) -> float:
         if subset not in cache:
@@ -141,7 +143,7 @@ def completeness(
     )
     return CompletenessResult(
         circuit=parsed, tried=tried, metric=metric.name, n_prompts=patcher.pairs.n_prompts, ablation=patcher.ablation,
-        corruption=patcher.corruption, model=patcher.backend.name,
+        corruption=patcher.corruption, model=patcher.backend.name, full=own,
     )
 
 

@@ -21,10 +21,12 @@ circuit components do for each other; the two are reported under their own names
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 from typing import Optional, Tuple
 
 from .backends import BackendError
 from .circuit import Circuit, CircuitLike
+from .errors import ArgumentError
 from .metrics import get_metric
 from .results import fixed
 from .self_repair import SelfRepair, self_repair
@@ -118,6 +120,8 @@ class Diagnosis:
 def diagnose(patcher, circuit: CircuitLike, *, metric="logit_diff", tolerance: float = DEFAULT_TOLERANCE) -> Diagnosis:
     """Noise each component of ``circuit`` alone and all together; denoise every head, MLP and
     finer component of the circuit alone to find those that move the metric the wrong way."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < 1:
+        raise ArgumentError(f"tolerance must be a number in [0, 1) such as {DEFAULT_TOLERANCE}, got {tolerance!r}")
     metric = get_metric(metric)
     circuit = Circuit.parse(circuit)
     resolved = circuit.resolve(patcher.shape)

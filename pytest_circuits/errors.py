@@ -8,3 +8,9 @@ all a CI reader needs.
 
 class InputError(Exception):
     """Bad input: prompts, circuits, metrics, thresholds, models or model specs that cannot be used."""
+
+
+class ArgumentError(InputError, TypeError, ValueError):
+    """An argument of the API that is not one of the values it takes (a ``kind``, an ``over``, a
+    ``pairs`` that is not ``PromptPairs``); a ``TypeError``/``ValueError`` as well, for callers that
+    caught those."""

@@ -17,7 +17,7 @@ exact patching such edges change nothing, so the curve is the same without pruni
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
 
 from .circuit import Circuit, CircuitError
@@ -49,6 +49,7 @@ class FaithfulnessCurve:
     corruption: Optional[str] = None
     model: Optional[str] = None
     judged: str = "cpr"  # which area a claim judges: "cpr" (at least) or "cmd" (at most)
+    full: Optional[object] = field(default=None, repr=False, compare=False)  # a measurement on these runs: its baselines judge the evidence
 
     @property
     def cpr(self) -> float:
@@ -131,9 +132,10 @@ def faithfulness_curve(patcher, ranking, *, budgets: Sequence[float] = MIB_BUDGE
     sizes = tuple(int(budget * len(names)) for budget in budgets)
     clean, _ = patcher.baselines(metric)
     model_score = float(clean.mean())
-    patched = {}
+    patched, measured = {}, {}
     for size in sorted(set(sizes) | {0}):
-        patched[size] = patcher.circuit_only(Circuit.parse(list(names[:size])), metric=metric).patched
+        measured[size] = patcher.circuit_only(Circuit.parse(list(names[:size])), metric=metric)
+        patched[size] = measured[size].patched
     empty = patched[0]
     if abs(model_score - empty) <= 1e-9 * max(1.0, abs(model_score)):
         raise CircuitError(
@@ -152,6 +154,7 @@ def faithfulness_curve(patcher, ranking, *, budgets: Sequence[float] = MIB_BUDGE
         ablation=patcher.ablation,
         corruption=patcher.corruption,
         model=patcher.backend.name,
+        full=measured[0],
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pickle
 import re
 import socket
 from pathlib import Path
@@ -36,6 +37,7 @@ DTYPES = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # the names from_pretrained looks for
 WAYS = (
     "provide it as toy:NAME, a local folder with config.json and *.safetensors, package.module:factory, "
     "or implement pytest_circuits_load_model in conftest.py"
@@ -98,6 +100,28 @@ def spec_label(spec: str) -> str:
     return Path(spec).name if spec_kind(spec) == "folder" else spec
 
 
+def checkpoint_labels(specs) -> dict:
+    """Spec -> a label unique among ``specs``: a folder is named by the shortest tail of its path
+    that no other checkpoint shares (``x/model`` and ``y/model``, not ``model`` twice), so the same
+    specs get the same labels on every run. A checkpoint given twice is an error."""
+    paths = {spec: Path(spec).expanduser().resolve() for spec in specs if spec_kind(spec) == "folder"}
+    seen: dict = {}
+    for spec in specs:
+        key = paths.get(spec, spec)
+        if key in seen:
+            raise ModelSpecError(f"checkpoint {spec!r} is given twice (also as {seen[key]!r}): name each checkpoint once")
+        seen[key] = spec
+    labels = {spec: spec for spec in specs if spec not in paths}
+    for spec, path in paths.items():
+        others = [other for name, other in paths.items() if name != spec]
+        for depth in range(1, len(path.parts) + 1):
+            label = "/".join(path.parts[-depth:]).lstrip("/") or "/"
+            if label not in labels.values() and not any(other.parts[-depth:] == path.parts[-depth:] for other in others):
+                break
+        labels[spec] = label
+    return {spec: labels[spec] for spec in specs}
+
+
 def check_spec(spec: str) -> None:
     """Cheap checks that need no loading: the toy exists, the folder has weights, the factory imports."""
     kind = spec_kind(spec)
@@ -109,8 +133,10 @@ def check_spec(spec: str) -> None:
         import_factory(spec)
 
 
-def load_model(spec: str, device: Optional[str] = "auto", dtype=None):
-    """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode."""
+def load_model(spec: str, device: Optional[str] = "auto", dtype=None, allow_pickle: bool = False):
+    """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode. Weights are read from
+    safetensors only; ``allow_pickle`` lets a hub model whose only weights are pickled load them
+    (unpickling can run code from the file: only for repositories you trust)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     kind = spec_kind(spec)
     if kind == "toy":
@@ -120,7 +146,7 @@ def load_model(spec: str, device: Optional[str] = "auto", dtype=None):
     elif kind == "folder":
         model = load_folder(Path(spec).expanduser(), device, dtype, spec)
     else:
-        model = load_hub(spec, device, dtype)
+        model = load_hub(spec, device, dtype, allow_pickle)
     if hasattr(model, "eval"):
         model.eval()
     return model
@@ -172,6 +198,11 @@ def _folder_files(folder: Path, spec: Optional[str] = None) -> list:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
         extra = f" (found {', '.join(pickles)}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
         raise ModelSpecError(f"model folder {spec!r} has no *.safetensors weights{extra}")
+    if not any((folder / name).is_file() for name in HF_WEIGHTS):
+        raise ModelSpecError(
+            f"model folder {spec!r} has {', '.join(p.name for p in weights)}, but Hugging Face loads {HF_WEIGHTS[0]} "
+            f"(or the shards {HF_WEIGHTS[1]} lists): rename the file, or save the model with model.save_pretrained(folder)"
+        )
     return weights
 
 
@@ -180,12 +211,15 @@ def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _folder_files(folder, spec)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, use_safetensors=True, **({"dtype": dtype} if dtype else {})
-    )
-    tokenizer = None
-    if any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, **({"dtype": dtype} if dtype else {})
+        )
+        tokenizer = None
+        if any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelSpecError(f"cannot load model folder {spec or str(folder)!r}: {_first_line(error)}") from None
     return bridge_from_hf(hf_model.to(device), tokenizer, model_name=str(folder))
 
 
@@ -205,35 +239,72 @@ def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
     return model.eval()
 
 
-def load_hub(spec: str, device: torch.device, dtype):
-    """A hub model through TransformerLens: the local cache first, the hub only when reachable."""
+def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False):
+    """A hub model through TransformerLens: the local cache first, the hub only when reachable.
+
+    Hugging Face loads safetensors when a repository has them and falls back to pickled
+    ``pytorch_model.bin`` otherwise; that fallback is refused unless ``allow_pickle``.
+    """
     name, _, revision = spec.partition("@")
     revision = revision or None
     from transformer_lens.model_bridge import TransformerBridge
 
     def boot():
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
+        try:
+            return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
+        except pickle.UnpicklingError as error:
+            raise ModelSpecError(f"cannot load model {spec!r}: its pickled weights do not load ({_first_line(error)})") from None
 
-    if _cached(name, revision):
+    cached = _cached(name, revision, "config.json")
+    usable = cached and (allow_pickle or any(_cached(name, revision, file) for file in HF_WEIGHTS))
+    if usable:
         with _offline():
             try:
                 return boot()
             except OSError:
                 pass  # an incomplete cache entry: try the hub below
     if not _hub_reachable():
-        raise ModelSpecError(f"cannot load model {spec!r}: it is not in the local Hugging Face cache and the hub is unreachable; {WAYS}")
+        if usable:
+            where = "its copy in the local Hugging Face cache does not load"
+        elif cached:
+            where = "the local Hugging Face cache holds no safetensors weights for it (pickled weights load only with --circuits-allow-pickle)"
+        else:
+            where = "it is not in the local Hugging Face cache"
+        raise ModelSpecError(f"cannot load model {spec!r}: {where} and the hub is unreachable; {WAYS}")
+    if not allow_pickle:
+        _require_safetensors(spec, name, revision)
     try:
         return boot()
     except OSError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelSpecError(f"cannot load model {spec!r}: {first}; {WAYS}") from None
+        raise ModelSpecError(f"cannot load model {spec!r}: {_first_line(error)}; {WAYS}") from None
 
 
-def _cached(name: str, revision: Optional[str]) -> bool:
+def _require_safetensors(spec: str, name: str, revision: Optional[str]) -> None:
+    try:
+        from huggingface_hub import HfApi
+
+        files = HfApi().list_repo_files(name, revision=revision)
+    except Exception:  # no such repository, revision or access: boot() says so in its own words
+        return
+    if not any(file.endswith(".safetensors") for file in files):
+        pickles = [file for file in files if file.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ModelSpecError(
+            f"hub model {spec!r} has no safetensors weights ({', '.join(pickles) or 'none'}): pickled weights can run code "
+            "when loaded, so they are refused; convert them to safetensors, or, for a repository you trust, pass "
+            "--circuits-allow-pickle (load_model(..., allow_pickle=True))"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _cached(name: str, revision: Optional[str], file: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(name, "config.json", revision=revision)
+        found = try_to_load_from_cache(name, file, revision=revision)
     except Exception:  # an invalid repo id, or no hub client: not cached
         return False
     return isinstance(found, str)

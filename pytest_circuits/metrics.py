@@ -51,7 +51,19 @@ class Metric:
 
     def _checked(self, values, pairs: EncodedPairs) -> torch.Tensor:
         if not isinstance(values, torch.Tensor):
-            values = torch.as_tensor(values)
+            try:
+                values = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                text = repr(values)
+                raise MetricError(
+                    f"metric {self.name!r} returned {type(values).__name__} {text[:60]}{'…' if len(text) > 60 else ''}; "
+                    f"a metric must return a tensor of one number per prompt ({pairs.n_prompts})"
+                ) from None
+        if values.is_complex():
+            raise MetricError(
+                f"metric {self.name!r} returned {str(values.dtype).removeprefix('torch.')} values; a metric must return real "
+                "numbers (take .real or .abs() yourself if that is what it means)"
+            )
         values = values.detach().to(torch.float64)
         if values.shape != (pairs.n_prompts,):
             raise MetricError(

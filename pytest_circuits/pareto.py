@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from .circuit import Circuit, CircuitError, CircuitLike
+from .errors import ArgumentError
 from .metrics import get_metric
 from .results import fixed
 from .sweeps import _progress
@@ -103,13 +104,13 @@ def default_sizes(total: int) -> Tuple[int, ...]:
 def pareto_curve(patcher, ranking, *, kind="circuit_only", base: Optional[CircuitLike] = None, sizes=None, metric="logit_diff", progress=False) -> ParetoCurve:
     """Measure the circuits of the top ``sizes`` components of ``ranking`` (see ``ParetoCurve``)."""
     if kind not in ("circuit_only", "denoise"):
-        raise ValueError(f"pareto grows circuits for circuit_only (faithfulness) or denoise (sufficiency), not {kind!r}")
+        raise ArgumentError(f"pareto grows circuits for circuit_only (faithfulness) or denoise (sufficiency), not {kind!r}")
     names = ranked_names(ranking)
     base_circuit = None if base is None else Circuit.parse(base)
     chosen = default_sizes(len(names)) if sizes is None else tuple(sorted({int(k) for k in sizes}))
     bad = [k for k in chosen if not 1 <= k <= len(names)]
     if bad:
-        raise ValueError(f"sizes must be between 1 and the ranking's {len(names)} components, got {bad[0]}")
+        raise ArgumentError(f"sizes must be between 1 and the ranking's {len(names)} components, got {bad[0]}")
     report = _progress(progress, "pareto")
     recovered = []
     for done, k in enumerate(chosen, start=1):

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from .backends import Site, backend_for
-from .errors import InputError
+from .errors import ArgumentError, InputError
 from .circuit import Circuit, CircuitLike, Node
 from .confidence import bootstrap_interval, validate_confidence
 from .metrics import Metric, answer_logits, get_metric
@@ -44,18 +44,18 @@ class Patcher:
     """Patching questions about one model on one prompt set, sharing the clean and corrupt runs."""
 
     def __init__(self, model, pairs: PromptPairs, *, ablation: str = "corrupt", seed: int = 0, corruption: Optional[str] = None):
-        if ablation not in ABLATIONS:
+        if not isinstance(ablation, str) or ablation not in ABLATIONS:
             raise PatchingError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
         self.seed = seed  # for ``resample``: which other corrupt prompt each prompt takes values from
         if not isinstance(pairs, PromptPairs):
-            raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+            raise ArgumentError(f"pairs must be PromptPairs (e.g. PromptPairs(clean, corrupt, answers)), got {type(pairs).__name__}")
         pairs = pairs.only(corruption)  # one corrupt set; the default one unless named
         self.corruption = pairs.corruption
         self.model = model
         self.backend = backend_for(model)
         self.shape = self.backend.shape
         self.prompt_pairs = pairs
-        self.pairs: EncodedPairs = pairs.encode(self.backend.tokenizer, d_vocab=self.shape.d_vocab).to(self.backend.device)
+        self.pairs: EncodedPairs = pairs.encode(self.backend.tokenizer, d_vocab=self.shape.d_vocab, n_ctx=self.shape.n_ctx).to(self.backend.device)
         self.ablation = ablation
         self._acts: Dict[str, Dict[Site, torch.Tensor]] = {"clean": {}, "corrupt": {}}
         self._answer_logits: Dict[str, torch.Tensor] = {}
@@ -77,7 +77,7 @@ class Patcher:
         """``confidence`` (e.g. 0.95) adds a seeded bootstrap interval of the score (``result.ci``)."""
         confidence = validate_confidence(confidence)
         if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
+            raise ArgumentError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
         metric = get_metric(metric)
         circuit = Circuit.parse(circuit)
         resolved = circuit.resolve(self.shape)
@@ -309,15 +309,22 @@ def _neuron_layers(nodes: Circuit) -> set:
     return {node.layer for node in nodes if node.kind == "neuron"}
 
 
-def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None, corruption=None) -> PatchResult:
-    m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
-    gap = m_clean - m_corrupt
-    if abs(gap) <= 1e-6 * max(1.0, abs(m_clean), abs(m_corrupt)):
+def require_a_gap(clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric, corruption: Optional[str] = None) -> None:
+    """A fraction of the clean-corrupt gap needs a gap: one too close to zero is an error, never
+    a silent inf/nan (claims ask more: see ``assertions.require_a_behaviour``)."""
+    m_clean, m_corrupt = float(clean.mean()), float(corrupt.mean())
+    if abs(m_clean - m_corrupt) <= 1e-6 * max(1.0, abs(m_clean), abs(m_corrupt)):
         which = "corrupt runs" if corruption is None else f"corrupt runs (corrupt set {corruption!r})"
         raise PatchingError(
             f"clean and {which} do not differ on {metric.name} (clean {m_clean:.6g}, corrupt {m_corrupt:.6g}): "
             "no fraction can be measured. Check that the corrupt prompts remove the behaviour, or choose another metric."
         )
+
+
+def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None, corruption=None) -> PatchResult:
+    m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
+    gap = m_clean - m_corrupt
+    require_a_gap(clean, corrupt, metric, corruption)
     per_prompt = (clean - patched) / gap if kind == "noise" else (patched - corrupt) / gap
     return PatchResult(
         kind=kind,
@@ -332,6 +339,8 @@ def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name
         ablation=ablation,
         model=model_name,
         per_prompt_metric=tuple(patched.tolist()),
+        per_prompt_clean=tuple(clean.tolist()),
+        per_prompt_corrupt=tuple(corrupt.tolist()),
         ci=None if confidence is None else bootstrap_interval(kind, clean, corrupt, patched, confidence),
         confidence=confidence,
         corruption=corruption,
@@ -350,7 +359,9 @@ def patcher(model, pairs: PromptPairs, ablation: str = "corrupt", corruption: Op
     Call ``clear_cache()`` after changing a model's weights in place.
     """
     if not isinstance(pairs, PromptPairs):
-        raise TypeError(f"pairs must be PromptPairs, got {type(pairs).__name__}")
+        raise ArgumentError(f"pairs must be PromptPairs (e.g. PromptPairs(clean, corrupt, answers)), got {type(pairs).__name__}")
+    if not isinstance(ablation, str) or ablation not in ABLATIONS:
+        raise PatchingError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
     pairs = pairs.only(corruption)
     key = (id(model), id(pairs), ablation)
     found = _PATCHERS.get(key)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import platform
 import time
 import types
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,26 +24,35 @@ from . import hookspecs, metrics
 from .assertions import add_claim_listener, remove_claim_listener
 from .circuit import CircuitError
 from .errors import InputError
+from .files import remove_stale_temporaries
 from .loading import (
     ModelSpecError,
     check_spec,
+    checkpoint_labels,
     import_factory,
     load_model,
     resolve_device,
     resolve_dtype,
     spec_kind,
-    spec_label,
 )
 from .patching import Patcher
 from .prompts import PromptError, PromptPairs
 from .report import ClaimRow, table, write_json
 from .results import Claim
 from .session import CircuitSession
-from .snapshot import DEFAULT_ATOL, DEFAULT_RTOL, CircuitSnapshotAssertion, extension_class, keep_unreached_snapshots
+from .snapshot import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    CircuitSnapshotAssertion,
+    DeferredWrites,
+    extension_class,
+    keep_unreached_snapshots,
+)
 
 STATE = pytest.StashKey["CircuitsState"]()
 MODEL_SPEC = pytest.StashKey[str]()
 CALL_FAILED = pytest.StashKey[bool]()
+SNAPSHOT_WRITES = pytest.StashKey[DeferredWrites]()
 
 # (option, ini key, help, default); every option is both a flag and an ini key
 SETTINGS = [
@@ -56,6 +68,12 @@ SETTINGS = [
         "--circuits-prepend-bos",
         "circuits_prepend_bos",
         "BOS in front of text prompts from .jsonl files: auto (default: as the tokenizer does), true, false",
+        None,
+    ),
+    (
+        "--circuits-allow-pickle",
+        "circuits_allow_pickle",
+        "true: hub models whose only weights are pickled (.bin) may load them (unpickling can run code); default false",
         None,
     ),
 ]
@@ -127,22 +145,30 @@ class CircuitsState:
             self.prompt_source = _setting(config, "circuits_prompts")
             self.device = resolve_device(_setting(config, "circuits_device", "auto"))
             self.dtype = resolve_dtype(_setting(config, "circuits_dtype"))
-            self.rtol = _number(_setting(config, "circuits_rtol", DEFAULT_RTOL), "--circuits-rtol")
-            self.atol = _number(_setting(config, "circuits_atol", DEFAULT_ATOL), "--circuits-atol")
-            self.seed = int(_number(_setting(config, "circuits_seed", 0), "--circuits-seed"))
+            self.rtol = _tolerance(_setting(config, "circuits_rtol", DEFAULT_RTOL), "--circuits-rtol")
+            self.atol = _tolerance(_setting(config, "circuits_atol", DEFAULT_ATOL), "--circuits-atol")
+            self.seed = _seed(_setting(config, "circuits_seed", 0))
             self.prepend_bos = _prepend_bos(_setting(config, "circuits_prepend_bos", "auto"))
+            self.allow_pickle = _flag(_setting(config, "circuits_allow_pickle", "false"), "--circuits-allow-pickle")
             self.checkpoints = list(config.getoption("circuits_checkpoints") or config.getini("circuits_checkpoints") or [])
             for spec in [self.model_spec, *self.checkpoints]:
                 if spec is not None:
                     check_spec(spec)
+            self.checkpoint_labels = checkpoint_labels(self.checkpoints)
             if self.prompt_source is not None:
                 _check_prompt_source(self.prompt_source, Path(config.rootpath))
+            self.report_path = _report_path(_setting(config, "circuits_report"))
         except ModelSpecError as error:
             raise pytest.UsageError(f"pytest-circuits: {error}") from None
-        report = _setting(config, "circuits_report")
-        self.report_path = Path(report) if report else None
-        self.rows: List[ClaimRow] = []
+        # Claims travel with the test reports (so pytest-xdist workers send theirs to the
+        # controller): measured here, attached in makereport, gathered in logreport.
+        self._measured: List[ClaimRow] = []
+        self._rows_by_test: Dict[str, List[ClaimRow]] = {}
+        self.expected: Optional[List[str]] = None  # node ids of the tests selected to run
+        self.finished: set = set()  # node ids of the tests that ran to their teardown
+        self.not_run: List[str] = []  # set at the end: selected tests that never finished
         self.bad_input: List[str] = []  # tests that stopped on bad input: the report is then left as it was
+        self.snapshot_writes: List[DeferredWrites] = []  # one per circuit_snapshot; committed when its test passes
         self.current_item: Optional[pytest.Item] = None
         self._models: Dict[str, object] = {}
         self._failures: Dict[str, str] = {}
@@ -160,7 +186,7 @@ class CircuitsState:
                 torch.manual_seed(self.seed)
                 model = self.config.hook.pytest_circuits_load_model(spec=spec, device=self.device, dtype=self.dtype)
                 if model is None:
-                    model = load_model(spec, self.device, self.dtype)
+                    model = load_model(spec, self.device, self.dtype, allow_pickle=self.allow_pickle)
             except ModelSpecError as error:
                 self._failures[spec] = f"pytest-circuits: {error}"
                 pytest.fail(self._failures[spec], pytrace=False)
@@ -203,28 +229,73 @@ class CircuitsState:
         item = self.current_item
         if item is None:
             return  # measured outside a test (e.g. at import time): nothing to attribute it to
-        self.rows.append(ClaimRow.of(claim, item.nodeid, _checkpoint(item), item.stash.get(MODEL_SPEC, None)))
+        self._measured.append(ClaimRow.of(claim, item.nodeid, self.checkpoint_of(item), item.stash.get(MODEL_SPEC, None)))
         self.config.hook.pytest_circuits_claim_measured(item=item, result=claim.result, claim=claim)
 
-    def meta(self) -> dict:
-        import transformer_lens
+    def checkpoint_of(self, item) -> Optional[str]:
+        """The label of the checkpoint ``item`` runs on, None when it runs on none."""
+        callspec = getattr(item, "callspec", None)
+        spec = callspec.params.get("circuits_checkpoint") if callspec else None
+        return None if spec is None else self.checkpoint_labels[spec]
 
+    def take_measured(self) -> List[dict]:
+        """The rows measured since the last test report, as plain data a report can carry."""
+        rows, self._measured = self._measured, []
+        return [asdict(row) for row in rows]
+
+    def gather(self, report) -> None:
+        """Rows, bad input and progress from a test report, this process's or an xdist worker's."""
+        rows = getattr(report, "circuits_claims", None)
+        if rows:
+            self._rows_by_test.setdefault(report.nodeid, []).extend(ClaimRow(**row) for row in rows)
+        if getattr(report, "circuits_bad_input", False) and report.nodeid not in self.bad_input:
+            self.bad_input.append(report.nodeid)
+        if report.when == "teardown":
+            self.finished.add(report.nodeid)
+
+    @property
+    def rows(self) -> List[ClaimRow]:
+        """Every claim, in collection order whatever order the tests ran in (xdist)."""
+        order = {nodeid: i for i, nodeid in enumerate(self.expected or ())}
+        tests = sorted(self._rows_by_test, key=lambda nodeid: order.get(nodeid, len(order)))
+        return [row for test in tests for row in self._rows_by_test[test]]
+
+    def unfinished(self, exitstatus) -> List[str]:
+        """Selected tests that did not run to the end (interrupted, -x, a crashed worker)."""
+        missing = [nodeid for nodeid in self.expected or () if nodeid not in self.finished]
+        if exitstatus == pytest.ExitCode.INTERRUPTED and not missing:
+            return ["(the run was interrupted)"]
+        return missing
+
+    def meta(self) -> dict:
+        """Where the claims come from: every field filled (what a test chose for itself is named)."""
         from . import __version__
 
+        rows = self.rows
         return {
-            "model": self.model_spec,
+            "model": self.model_spec or "per test (circuit_model markers)",
+            "models": sorted({row.model for row in rows if row.model}),
             "checkpoints": self.checkpoints,
-            "prompts": self.prompt_source,
+            "prompts": self.prompt_source or "per test (prompts markers, or the toy's own)",
             "seed": self.seed,
             "device": str(self.device),
-            "dtype": None if self.dtype is None else str(self.dtype).removeprefix("torch."),
+            "dtype": "the model's own" if self.dtype is None else str(self.dtype).removeprefix("torch."),
+            "tests": len(self.expected or ()),
             "versions": {
-                "torch": torch.__version__,
-                "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
                 "pytest_circuits": __version__,
-                "pytest": pytest.__version__,
+                **{name: _version(name) for name in ("torch", "transformer_lens", "transformers", "pytest", "syrupy")},
+                "python": platform.python_version(),
             },
         }
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def _number(value, name: str) -> float:
@@ -234,10 +305,34 @@ def _number(value, name: str) -> float:
         raise ModelSpecError(f"{name} must be a number, got {value!r}") from None
 
 
-def _checkpoint(item) -> Optional[str]:
-    callspec = getattr(item, "callspec", None)
-    spec = callspec.params.get("circuits_checkpoint") if callspec else None
-    return None if spec is None else spec_label(spec)
+def _tolerance(value, name: str) -> float:
+    number = _number(value, name)
+    if not math.isfinite(number) or number < 0:
+        raise ModelSpecError(f"{name} must be a finite number of at least 0 such as 1e-4, got {value!r}")
+    return number
+
+
+def _seed(value) -> int:
+    try:
+        seed = int(str(value).strip())
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise ModelSpecError(f"--circuits-seed must be a whole number from 0 to 2**63 - 1 such as 0, got {value!r}")
+    return seed
+
+
+def _report_path(value) -> Optional[Path]:
+    """Refused at the start, not after every test ran: a folder, or a path under a file."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ModelSpecError(f"--circuits-report {value!r} is a folder; name a file, e.g. {str(path / 'circuits.json')!r}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ModelSpecError(f"--circuits-report {value!r}: {str(parent)!r} is a file, not a folder")
+    return path
 
 
 # -- prompt sources ----------------------------------------------------------------------------
@@ -265,6 +360,13 @@ def _prepend_bos(value: str) -> Optional[bool]:
     choices = {"auto": None, "true": True, "false": False}
     if str(value).strip().lower() not in choices:
         raise ModelSpecError(f"--circuits-prepend-bos {value!r}: use auto (as the tokenizer does), true or false")
+    return choices[str(value).strip().lower()]
+
+
+def _flag(value, name: str) -> bool:
+    choices = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+    if str(value).strip().lower() not in choices:
+        raise ModelSpecError(f"{name} {value!r}: use true or false")
     return choices[str(value).strip().lower()]
 
 
@@ -298,7 +400,7 @@ def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("circuit_model"):
         return  # pinned to its own model: checkpoints replace the configured model only
     metafunc.parametrize(
-        "circuits_checkpoint", state.checkpoints, ids=[spec_label(c) for c in state.checkpoints], indirect=True, scope="function"
+        "circuits_checkpoint", state.checkpoints, ids=[state.checkpoint_labels[c] for c in state.checkpoints], indirect=True, scope="function"
     )
 
 
@@ -320,13 +422,38 @@ def pytest_runtest_makereport(item, call):
         trimmed = _without_package_frames(excinfo.tb)
         if trimmed is not None:
             call.excinfo = pytest.ExceptionInfo.from_exc_info((excinfo.type, excinfo.value, trimmed))
-    bad_input = item.config.stash[STATE].bad_input
-    if excinfo is not None and _bad_input(excinfo) and item.nodeid not in bad_input:
-        bad_input.append(item.nodeid)
+    state = item.config.stash[STATE]
     report = yield
+    rows = state.take_measured()
+    if rows:
+        report.circuits_claims = rows  # plain data: pytest-xdist sends it to the controller
+    if excinfo is not None and _bad_input(excinfo):
+        report.circuits_bad_input = True
     if report.when == "call":
         item.stash[CALL_FAILED] = report.failed
+        writes = item.stash.get(SNAPSHOT_WRITES, None)
+        if writes is not None:
+            writes.commit() if report.passed else writes.discard()
     return report
+
+
+def pytest_runtest_logreport(report):
+    """Every test report passes here, an xdist worker's on the controller too (the report names
+    no config: the innermost session is the one reporting)."""
+    if _ACTIVE:
+        _ACTIVE[-1].gather(report)
+
+
+def pytest_collection_finish(session):
+    session.config.stash[STATE].expected = [item.nodeid for item in session.items]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """On the xdist controller, which collects nothing itself: the tests the workers will run."""
+    state = node.config.stash[STATE]
+    if state.expected is None:
+        state.expected = list(ids)
 
 
 def _without_package_frames(tb):
@@ -433,54 +560,96 @@ def circuits(request, circuit_model, prompt_pairs):
 
 @pytest.fixture
 def circuit_snapshot(request, snapshot):
-    """syrupy's snapshot with numeric tolerance, keyed by test name without the checkpoint."""
+    """syrupy's snapshot with numeric tolerance, keyed by test name without the checkpoint; under
+    --snapshot-update it writes only once the test has passed (``DeferredWrites``)."""
     state = request.config.stash[STATE]
-    extension = extension_class(state.rtol, state.atol, _name_without_checkpoint(request.node))
+    extension = extension_class(state.rtol, state.atol, _name_without_checkpoint(request.node, state.checkpoint_of(request.node)))
+    writes = DeferredWrites(snapshot.session)
+    request.node.stash[SNAPSHOT_WRITES] = writes
+    state.snapshot_writes.append(writes)
     assertion = CircuitSnapshotAssertion(
         update_snapshots=snapshot.update_snapshots,
         update_new_snapshots_only=snapshot.update_new_snapshots_only,
         extension_class=extension,
         test_location=snapshot.test_location,
-        session=snapshot.session,
+        session=writes,
     )
     yield assertion
     if request.node.stash.get(CALL_FAILED, False):
         keep_unreached_snapshots(assertion)
 
 
-def _name_without_checkpoint(item) -> str:
-    callspec = getattr(item, "callspec", None)
-    if callspec is None or "circuits_checkpoint" not in callspec.params:
+def _name_without_checkpoint(item, label: Optional[str]) -> str:
+    if label is None:
         return item.name
-    ids = list(callspec._idlist)
-    label = spec_label(callspec.params["circuits_checkpoint"])
+    ids = list(item.callspec._idlist)
     if label in ids:
         ids.remove(label)
     return f"{item.originalname}[{'-'.join(ids)}]" if ids else item.originalname
 
 
 # -- reporting ---------------------------------------------------------------------------------
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session):
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Before syrupy finishes: a run that did not run every selected test to the end deletes no
+    "unused" snapshot (they belong to tests that never ran) and writes nothing for the test it
+    stopped in. After: the report, only for a complete run without bad input."""
     state = session.config.stash.get(STATE, None)
-    if state is None or state.report_path is None or hasattr(session.config, "workerinput"):
-        return
-    if not state.bad_input:  # a run stopped by bad input measured nothing to trust: keep the last report
+    controller = state is not None and not hasattr(session.config, "workerinput")
+    if state is not None:
+        for writes in state.snapshot_writes:
+            writes.discard()
+    if controller:
+        state.not_run = state.unfinished(exitstatus)
+        if state.not_run:
+            _keep_unused_snapshots(session.config, state.not_run)
+    result = yield
+    if controller and state.report_path is not None and not state.bad_input and not state.not_run:
         write_json(state.report_path, state.rows, state.meta())
+    return result
+
+
+def _keep_unused_snapshots(config, not_run: List[str]) -> None:
+    """syrupy deletes, under --snapshot-update, every snapshot no test used when all collected
+    tests were selected, run or not: keep them all, and count those of the tests that never ran as
+    skipped (syrupy neither deletes nor lists a skipped test's snapshots)."""
+    config.option.no_cleanup = True
+    config.option.warn_unused_snapshots = True
+    syrupy = getattr(config, "_syrupy", None)
+    if syrupy is not None:
+        for nodeid in not_run:
+            syrupy.ran_item(nodeid, "skipped")
+
+
+def pytest_sessionstart(session):
+    state = session.config.stash.get(STATE, None)
+    if state is not None and state.report_path is not None and not hasattr(session.config, "workerinput"):
+        remove_stale_temporaries(state.report_path)  # left by a run killed while writing it
 
 
 def pytest_terminal_summary(terminalreporter, config):
     state = config.stash.get(STATE, None)
-    if state is None or not (state.rows or state.bad_input):
+    if state is None:
         return
-    terminalreporter.write_sep("=", f"circuit claims ({len(state.rows)})")
-    if state.rows:
-        for line in table(state.rows):
-            terminalreporter.write_line(line)
+    rows = state.rows
+    lines = table(rows) if rows else []
     if state.report_path is not None and state.bad_input:
-        terminalreporter.write_line(
+        lines.append(
             f"circuit report NOT written: {len(state.bad_input)} test(s) stopped on bad input (see above); "
             f"{state.report_path} is left as it was"
         )
-    elif state.report_path is not None:
-        terminalreporter.write_line(f"circuit report: {state.report_path}")
+    elif state.report_path is not None and state.not_run:
+        lines.append(f"circuit report NOT written: the run stopped before {_not_run(state)}; {state.report_path} is left as it was")
+    elif state.report_path is not None and rows:
+        lines.append(f"circuit report: {state.report_path}")
+    if state.not_run and config.getoption("update_snapshots", False):
+        lines.append(f"no snapshot deleted as unused: the run stopped before {_not_run(state)}")
+    if lines:
+        terminalreporter.write_sep("=", f"circuit claims ({len(rows)})")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def _not_run(state) -> str:
+    names = ", ".join(state.not_run[:3]) + (", ..." if len(state.not_run) > 3 else "")
+    return f"{len(state.not_run)} test(s) ran to the end ({names})"

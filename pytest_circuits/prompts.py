@@ -21,8 +21,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from .errors import InputError
+from .files import read_text
 
 ANSWER_POSITION = "END"
+MAX_TOKEN_ID = 2**63 - 1  # torch.long: a larger id cannot even be held, let alone be in a vocabulary
 
 
 class PromptError(InputError, ValueError):
@@ -168,6 +170,8 @@ class PromptPairs:
         names = self.corruption_names
         if corruption is None:
             corruption = names[0]
+        if not isinstance(corruption, str) and corruption is not None:
+            raise PromptError(f"corruption= names a corrupt set, a string such as {names[-1] or 'random'!r}; got {_brief(corruption)}")
         if corruption not in self.corruptions:
             known = ", ".join(repr(n) for n in names if n is not None) or "none (one unnamed corrupt set)"
             raise PromptError(f"no corrupt set named {corruption!r}; these prompt pairs have {known}")
@@ -193,12 +197,10 @@ class PromptPairs:
         corrupt sets (every line names the same ones). Errors name the file and line.
         """
         path = Path(path)
-        try:
-            # JSONL lines end at "\n" only: JSON strings may hold U+2028 and other characters
-            # that str.splitlines() would also break at
-            lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
-        except OSError as error:
-            raise PromptError(f"cannot read prompt file {str(path)!r}: {error.strerror}") from None
+        text = read_text(path, "prompt file", PromptError)
+        # JSONL lines end at "\n" only: JSON strings may hold U+2028 and other characters that
+        # str.splitlines() would also break at
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
         clean, corrupt, answers, positions = [], [], [], {}
         set_order = None  # the corrupt set names of the first line, in its order, when it names any
         records = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
@@ -208,6 +210,8 @@ class PromptPairs:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise PromptError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+            except RecursionError:
+                raise PromptError(f"{where}: JSON nested too deeply to read; a line is one flat object of prompts and answers") from None
             if not isinstance(record, dict):
                 raise PromptError(f"{where}: expected an object with 'clean', 'corrupt' and 'answers'")
             missing = [key for key in ("clean", "corrupt") if key not in record]
@@ -247,18 +251,20 @@ class PromptPairs:
         return pairs
 
     # -- tokens -----------------------------------------------------------------------------
-    def encode(self, tokenizer=None, d_vocab: Optional[int] = None) -> EncodedPairs:
-        """Tokenize (once per tokenizer), check and pad; the engine calls this with the model's tokenizer."""
+    def encode(self, tokenizer=None, d_vocab: Optional[int] = None, n_ctx: Optional[int] = None) -> EncodedPairs:
+        """Tokenize (once per tokenizer), check and pad; the engine calls this with the model's
+        tokenizer, vocabulary size and context length, so no id or prompt the model cannot take
+        reaches a forward pass."""
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        key = (id(tokenizer), d_vocab, self.prepend_bos)
+        key = (id(tokenizer), d_vocab, n_ctx, self.prepend_bos)
         if key not in self._encoded:
             try:
-                self._encoded[key] = self._encode(tokenizer, d_vocab)
+                self._encoded[key] = self._encode(tokenizer, d_vocab, n_ctx)
             except PromptError as error:
                 raise PromptError(_at_line(self.source, str(error))) from None
         return self._encoded[key]
 
-    def _encode(self, tokenizer, d_vocab: Optional[int]) -> EncodedPairs:
+    def _encode(self, tokenizer, d_vocab: Optional[int], n_ctx: Optional[int] = None) -> EncodedPairs:
         if len(self.corruptions) > 1:
             raise PromptError(
                 f"these prompt pairs carry {len(self.corruptions)} corrupt sets {list(self.corruption_names)}; "
@@ -277,6 +283,10 @@ class PromptPairs:
                 )
             if not c:
                 raise PromptError(f"prompt {i}: the clean prompt has no tokens")
+            if n_ctx is not None and len(c) > n_ctx:
+                raise PromptError(
+                    f"prompt {i}: {len(c)} tokens, more than the model's context of {n_ctx} tokens; shorten the prompt"
+                )
         answers = [[tuple(self._answer(a, codec, i) for a in pair) for pair in pairs] for i, pairs in enumerate(self.answers)]
         lengths = torch.tensor([len(c) for c in clean])
         seq = int(lengths.max())
@@ -318,7 +328,10 @@ class PromptPairs:
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, (int, float)) or (isinstance(t, float) and not t.is_integer())]
         if bad:
             raise PromptError(f"prompt {i}: {which} prompt holds {bad[0]!r}, which is not a token id (token ids are whole numbers)")
-        return [int(t) for t in ids]
+        ids = [int(t) for t in ids]
+        for token in ids:
+            _check_token_id(token, f"prompt {i}: {which} token id")
+        return ids
 
     def _answer(self, answer, codec, i: int) -> int:
         if isinstance(answer, str):
@@ -333,6 +346,7 @@ class PromptPairs:
             return ids[0]
         if isinstance(answer, bool) or not isinstance(answer, int):
             raise PromptError(f"prompt {i}: answer {answer!r} must be a single-token string or a token id")
+        _check_token_id(answer, f"prompt {i}: answer token id")
         return answer
 
     def _named_positions(self, lengths: torch.Tensor) -> dict:
@@ -340,6 +354,11 @@ class PromptPairs:
         named = {name: _resolve_position(name, value, lengths) for name, value in self.positions.items()}
         named.setdefault(ANSWER_POSITION, lengths - 1)
         return named
+
+
+def _check_token_id(token: int, where: str) -> None:
+    if not 0 <= token <= MAX_TOKEN_ID:
+        raise PromptError(f"{where} {token} is not a token id: ids are whole numbers from 0 to the vocabulary size - 1")
 
 
 def _at_line(source, message: str) -> str:
@@ -417,6 +436,8 @@ def _show(ids, codec) -> str:
 def _as_list(prompts, which: str) -> list:
     if isinstance(prompts, str):
         raise PromptError(f"{which} must be a list of prompts, got a single string {prompts!r}")
+    if not _iterable(prompts):
+        raise PromptError(f"{which} must be a list of prompts (text or token ids), one per pair; got {_brief(prompts)}")
     if isinstance(prompts, torch.Tensor):
         if prompts.is_meta:
             raise PromptError(f"{which} tokens are a tensor on the meta device, which holds no values; pass real token ids")
@@ -454,6 +475,8 @@ def _answer_list(answers, n: int) -> list:
         if answers.ndim != 3 or answers.shape[-1] != 2:
             raise PromptError(f"answer ids must be a [n, 2] or [n, k, 2] tensor, got shape {tuple(answers.shape)}")
         answers = answers.tolist()
+    if isinstance(answers, str) or not _iterable(answers):
+        raise PromptError(f"answers must be a list with one (correct, incorrect) pair (or a list of pairs) per prompt; got {_brief(answers)}")
     answers = list(answers)
     if len(answers) != n:
         raise PromptError(f"{n} prompt pairs but {len(answers)} answers: give one (correct, incorrect) pair (or a list of pairs) per prompt")
@@ -466,6 +489,19 @@ def _answer_list(answers, n: int) -> list:
         else:
             raise PromptError(f"prompt {i}: answers must be a (correct, incorrect) pair or a list of pairs, got {entry!r}")
     return normalized
+
+
+def _iterable(value) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
 
 
 def _is_pair(entry) -> bool:

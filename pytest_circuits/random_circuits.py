@@ -15,7 +15,7 @@ Everything is seeded: the same call gives the same random circuits.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .circuit import Circuit, CircuitError, CircuitLike
@@ -44,6 +44,7 @@ class RandomBaseline:
     ablation: str = "corrupt"
     corruption: Optional[str] = None
     model: Optional[str] = None
+    full: Optional[object] = field(default=None, repr=False, compare=False)  # the circuit's own measurement
 
     kind = "beats_random"
     score_name = "p-value"
@@ -169,7 +170,8 @@ def random_baseline(
     resolved = parsed.resolve(patcher.shape)
     if not len(resolved):
         raise CircuitError("the circuit is empty: there is nothing to compare with random circuits")
-    observed = patcher.measure(measured, resolved, metric=metric).score
+    own = patcher.measure(measured, resolved, metric=metric)
+    observed = own.score
     rng = random.Random(seed)
     scores: List[float] = []
     better = 0
@@ -184,7 +186,7 @@ def random_baseline(
     return RandomBaseline(
         circuit=parsed, measured=measured, observed=observed, random_scores=tuple(scores), alpha=alpha,
         max_samples=max_samples, same_layers=same_layers, metric=metric.name, n_prompts=patcher.pairs.n_prompts,
-        seed=seed, ablation=patcher.ablation, corruption=patcher.corruption, model=patcher.backend.name,
+        seed=seed, ablation=patcher.ablation, corruption=patcher.corruption, model=patcher.backend.name, full=own,
     )
 
 

@@ -1,18 +1,17 @@
 """Claims measured in a session: rows, the terminal table, and the JSON report.
 
-The JSON is written to a temporary file and renamed into place, so an interrupted run never leaves
-a half-written report.
+The JSON is written to a temporary file and renamed into place (``files.write_atomically``), so an
+interrupted run never leaves a half-written report.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from .files import write_atomically
 from .results import Claim, fixed, negative_components_left_out
 
 
@@ -101,14 +100,4 @@ def write_json(path: Path, rows: Iterable[ClaimRow], meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "claims": [asdict(row) for row in rows]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomically(path, json.dumps(payload, indent=2) + "\n")

@@ -56,6 +56,8 @@ class PatchResult:
     ablation: str = "corrupt"
     model: Optional[str] = None
     per_prompt_metric: Tuple[float, ...] = field(default=(), repr=False)
+    per_prompt_clean: Tuple[float, ...] = field(default=(), repr=False)  # the baselines, for the evidence rules
+    per_prompt_corrupt: Tuple[float, ...] = field(default=(), repr=False)
     ci: Optional[Tuple[float, float]] = None  # bootstrap interval of the score, when asked for
     confidence: Optional[float] = None
     corruption: Optional[str] = None  # which named corrupt set, when the pairs carry several

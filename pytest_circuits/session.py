@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 from .assertions import announce, check, measure_under, validate_epsilon, validate_threshold
 from .circuit import Circuit, CircuitLike
+from .errors import ArgumentError
 from .patching import Patcher, patcher
 from .prompts import PromptPairs
 from .results import Claim, PatchResult
@@ -85,11 +86,24 @@ class CircuitSession:
         sweeper = Sweeper(patcher_) if budget is None else Sweeper(patcher_, budget)
         return sweeper.sweep(over, mode, metric=metric or self.metric, **options)
 
-    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None):
-        """First-order estimates of every component's score (``pytest_circuits.attribution``)."""
+    def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None, method="eap", steps=30):
+        """First-order estimates of every component's score (``pytest_circuits.attribution``);
+        ``method="eap-ig"`` integrates the gradient along the corrupt-to-clean input path."""
         from .attribution import Attributor
 
-        return Attributor(self.patcher(ablation, corruption)).attribute(over, mode, metric=metric or self.metric)
+        return Attributor(self.patcher(ablation, corruption)).attribute(over, mode, metric=metric or self.metric, method=method, steps=steps)
+
+    def faithfulness(self, ranking, *, metric=None, ablation=None, corruption=None, **options):
+        """MIB's faithfulness curve of ``ranking``, with its CPR and CMD (``pytest_circuits.faithfulness``)."""
+        from .faithfulness import faithfulness_curve
+
+        return faithfulness_curve(self.patcher(ablation, corruption), ranking, metric=metric or self.metric, **options)
+
+    def repair(self, circuit=None, *, metric=None, ablation=None, corruption=None):
+        """Self-repair (direct minus total effect) of the circuit's heads and MLPs (``pytest_circuits.self_repair``)."""
+        from .self_repair import self_repair
+
+        return self_repair(self.patcher(ablation, corruption), self._circuit(circuit), metric=metric or self.metric)
 
     # -- claims ------------------------------------------------------------------------------------
     # ``snapshot=circuit_snapshot`` also compares the result with its snapshot (see ``check``).
@@ -119,11 +133,49 @@ class CircuitSession:
 
         return check(measure_under(self.pairs, corruption, measure), epsilon, snapshot)
 
+    def assert_cpr(self, ranking, minimum: float, *, metric=None, ablation=None, snapshot=None, corruption=None, **options):
+        """The area under ``ranking``'s faithfulness curve (MIB's CPR) is at least ``minimum``."""
+        from .faithfulness import assert_cpr
+
+        return assert_cpr(self.model, self.pairs, ranking, minimum, metric=metric or self.metric, ablation=ablation or self.ablation,
+                          corruption=corruption, snapshot=snapshot, **options)
+
+    def assert_cmd(self, ranking, maximum: float, *, metric=None, ablation=None, snapshot=None, corruption=None, **options):
+        """The area between ``ranking``'s faithfulness curve and 1 (MIB's CMD) is at most ``maximum``."""
+        from .faithfulness import assert_cmd
+
+        return assert_cmd(self.model, self.pairs, ranking, maximum, metric=metric or self.metric, ablation=ablation or self.ablation,
+                          corruption=corruption, snapshot=snapshot, **options)
+
+    def assert_beats_random(self, circuit=None, *, alpha: float = 0.05, metric=None, ablation=None, snapshot=None, corruption=None, **options):
+        """The circuit scores better than random circuits of its size (p-value at most ``alpha``)."""
+        from .random_circuits import random_baseline
+
+        circuit = self._circuit(circuit)
+
+        def measure(name):
+            return random_baseline(self.patcher(ablation, name), circuit, alpha=alpha, metric=metric or self.metric, **options)
+
+        return check(measure_under(self.pairs, corruption, measure), alpha, snapshot)
+
+    def assert_complete(self, circuit=None, max_gap: Optional[float] = None, *, metric=None, ablation=None, snapshot=None, corruption=None, **options):
+        """No subset K of the circuit opens a gap |F(C \\ K) - F(M \\ K)| above ``max_gap`` (default 0.1)."""
+        from .completeness import completeness
+
+        circuit, max_gap = _circuit_and_number(circuit, max_gap)
+        max_gap = validate_threshold(0.1 if max_gap is None else max_gap, "max_gap")
+        circuit = self._circuit(circuit)
+
+        def measure(name):
+            return completeness(self.patcher(ablation, name), circuit, metric=metric or self.metric, **options)
+
+        return check(measure_under(self.pairs, corruption, measure), max_gap, snapshot)
+
     # -- plumbing ----------------------------------------------------------------------------------
     def _circuit(self, circuit) -> Circuit:
         if circuit is None:
             if self.circuit is None:
-                raise TypeError("no circuit given and none bound: pass one, or mark the test @pytest.mark.circuit('L0H1 ...')")
+                raise ArgumentError("no circuit given and none bound: pass one, or mark the test @pytest.mark.circuit('L0H1 ...')")
             return self.circuit
         return Circuit.parse(circuit)
 

@@ -6,12 +6,19 @@ mismatch lists every number that moved beyond tolerance as ``old → new``. Valu
 pass and are not rewritten, even under ``--snapshot-update``; syrupy never writes on a failed
 comparison unless asked to update.
 
+Under ``--snapshot-update`` a snapshot is written only for a test that passed: the
+``circuit_snapshot`` assertion holds its writes until the plugin sees the test's call pass
+(``commit``), and drops them for a test that failed or was interrupted (``discard``). A claim that
+fails compares its snapshot without writing (``matches``), so it shows what moved and stores
+nothing. Each file is replaced in one rename, so a killed run never leaves a half-written one.
+
 Snapshots are keyed by test name *without* the checkpoint parameter, so the same claim run on a
 new checkpoint is compared against the snapshot recorded for the old one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -20,9 +27,30 @@ from typing import Iterator, Optional, Tuple
 from syrupy.assertion import SnapshotAssertion
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
+from .files import write_atomically
+
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-6
+_KEPT = re.compile(r"[\w.\-\[\]]", re.ASCII)
+MAX_NAME = 200  # characters of a snapshot file's name before its extension (file systems allow 255)
 _NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?(?:inf|nan)$")
+
+
+def file_name(name: str) -> str:
+    """A file name for a snapshot name, distinct for distinct names and the same on every run:
+    letters, digits, ``_.-[]`` are kept, every other character becomes ``%XX`` per UTF-8 byte (so
+    ids ``a/b`` and ``a_b`` never share a file); a name too long for a file system keeps its
+    start and ends in a hash of the whole."""
+    pieces = [c if _KEPT.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in name]
+    if sum(map(len, pieces)) <= MAX_NAME:
+        return "".join(pieces)
+    kept, size = [], 0
+    for piece in pieces:
+        if size + len(piece) > MAX_NAME - 17:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return "".join(kept) + "~" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]  # "~" is never kept: no clash
 
 
 def to_snapshot_text(data) -> str:
@@ -99,7 +127,14 @@ class CircuitSnapshotExtension(SingleFileSnapshotExtension):
         if cls.base_name is None:
             return super().get_snapshot_name(test_location=test_location, index=index)
         suffix = f"[{index}]" if isinstance(index, str) else (f".{index}" if index else "")
-        return re.sub(r"[^\w.\-\[\]]+", "_", f"{cls.base_name}{suffix}")
+        return file_name(f"{cls.base_name}{suffix}")
+
+    @classmethod
+    def write_snapshot_collection(cls, *, snapshot_collection, name_order=None) -> None:
+        data = next(iter(snapshot_collection)).data
+        if not isinstance(data, str):
+            raise TypeError(f"circuit snapshots are text, got {type(data).__name__}")
+        write_atomically(snapshot_collection.location, data)
 
     def matches(self, *, serialized_data, snapshot_data) -> bool:
         return compare(str(snapshot_data), str(serialized_data), self.rtol, self.atol)[0]
@@ -123,7 +158,10 @@ def extension_class(rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, base
 
 
 class CircuitSnapshotAssertion(SnapshotAssertion):
-    """syrupy's ``snapshot`` with this project's extension; ``.tolerance()`` overrides it per call."""
+    """syrupy's ``snapshot`` with this project's extension; ``.tolerance()`` overrides it per call.
+
+    Give it a ``DeferredWrites`` session: its writes then wait for the test's verdict.
+    """
 
     def tolerance(self, rtol: Optional[float] = None, atol: Optional[float] = None) -> "CircuitSnapshotAssertion":
         current = self.extension_class
@@ -134,6 +172,60 @@ class CircuitSnapshotAssertion(SnapshotAssertion):
                 current.base_name,
             )
         )
+
+
+class DeferredWrites:
+    """syrupy's session for one test, except that snapshot writes wait for ``commit``.
+
+    syrupy writes single-file snapshots the moment a comparison under ``--snapshot-update`` does
+    not match, before the test has passed; a test that then fails, or is interrupted, would
+    still have replaced its snapshot.
+    """
+
+    def __init__(self, session):
+        self._session = session
+        self._pending: list = []
+        self._assertions: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def register_request(self, assertion) -> None:
+        self._assertions.append(assertion)
+        self._session.register_request(assertion)
+
+    def queue_snapshot_write(self, **write) -> None:
+        self._pending.append(write)
+
+    def commit(self) -> None:
+        """The test passed: write what it asked to write."""
+        pending, self._pending = self._pending, []
+        for write in pending:
+            self._session.queue_snapshot_write(**write)
+
+    def discard(self) -> None:
+        """The test failed or never finished: write nothing, and let syrupy's summary say so
+        (a comparison that would have written counts as a failed one, not as updated)."""
+        if not self._pending:
+            return
+        self._pending = []
+        for assertion in self._assertions:
+            for result in assertion.executions.values():
+                if result.created or result.updated:
+                    result.created = result.updated = result.success = False
+
+
+def matches(snapshot, data, write: bool = True) -> bool:
+    """``snapshot == data``; with ``write=False`` a mismatch is reported and never stored, even
+    under ``--snapshot-update`` (a claim that failed must not become the new reference)."""
+    if write:
+        return snapshot == data
+    saved = snapshot.update_snapshots, snapshot.update_new_snapshots_only
+    snapshot.update_snapshots = snapshot.update_new_snapshots_only = False
+    try:
+        return snapshot == data
+    finally:
+        snapshot.update_snapshots, snapshot.update_new_snapshots_only = saved
 
 
 class _Stored:

@@ -24,7 +24,8 @@ import torch
 
 from .backends import Site
 from .metrics import Metric, get_metric
-from .patching import Patcher, PatchingError, patcher as cached_patcher
+from .errors import ArgumentError
+from .patching import Patcher, PatchingError, patcher as cached_patcher, require_a_gap
 from .results import fixed
 
 OVER = ("heads", "mlps", "neurons", "resid")
@@ -120,10 +121,10 @@ class Sweeper:
         self._fast = bool(getattr(self.backend, "resumes_suffix", False))
 
     def sweep(self, over="heads", mode="denoise", *, metric="logit_diff", per_position=False, progress=False) -> SweepResult:
-        if over not in OVER:
-            raise ValueError(f"unknown sweep {over!r}: choose one of {', '.join(OVER)}")
+        if not isinstance(over, str) or over not in OVER:
+            raise ArgumentError(f"unknown sweep {over!r}: choose one of {', '.join(OVER)}")
         if mode not in ("denoise", "noise"):
-            raise ValueError(f"unknown mode {mode!r}: choose denoise or noise")
+            raise ArgumentError(f"unknown mode {mode!r}: choose denoise or noise")
         if mode == "denoise" and self.patcher.ablation != "corrupt":
             raise PatchingError(
                 f"a denoise sweep patches clean values into the corrupt prompts' run; ablation {self.patcher.ablation!r} "
@@ -133,6 +134,7 @@ class Sweeper:
             raise PatchingError(f"the model has no MLPs to sweep over {over}")
         metric = get_metric(metric)
         clean, corrupt = self.patcher.baselines(metric)
+        require_a_gap(clean, corrupt, metric)
         base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupted")
         jobs = self._jobs(over, per_position)
         report = _progress(progress, f"{mode} sweep over {over}")

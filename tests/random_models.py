@@ -33,3 +33,14 @@ def random_pairs(n: int = 6, seq: int = 8, vocab: int = 40, seed: int = 1, lengt
         [row[:k].tolist() for row, k in zip(corrupt, lengths)],
         answers,
     )
+
+
+def behaving_pairs(model, pairs: PromptPairs) -> PromptPairs:
+    """``pairs`` with answers the corruption clearly moves: per prompt, the token whose logit it
+    lowers most (correct) against the one it raises most (incorrect), so every prompt's clean-corrupt
+    gap is positive and claims on a random model have a behaviour to judge."""
+    encoded = pairs.encode(d_vocab=model.cfg.d_vocab)
+    rows, last = torch.arange(encoded.n_prompts), encoded.lengths - 1
+    with torch.no_grad():
+        change = model(encoded.clean)[rows, last] - model(encoded.corrupt)[rows, last]
+    return PromptPairs(pairs.clean, pairs.corrupt, torch.stack([change.argmax(-1), change.argmin(-1)], dim=1))

@@ -85,6 +85,45 @@ def test_empty_prompt_sets(tmp_path):
     fails(PromptError, "empty.jsonl: no prompt pairs", lambda: PromptPairs.from_jsonl(empty))
 
 
+@pytest.mark.parametrize("missing", ["clean", "corrupt", "answers"])
+def test_prompts_or_answers_that_are_none(missing):
+    fails(PromptError, f"{missing} must be a list .*got NoneType None", lambda: pairs(**{missing: None}))
+    fails(PromptError, f"{missing} must be a list .*got int 5", lambda: pairs(**{missing: 5}))
+
+
+def test_token_ids_too_large_for_any_vocabulary(model):
+    for huge in (2**63, 2**64, -1):
+        fails(PromptError, f"prompt 0: clean token id {huge} is not a token id", lambda: PromptPairs([[0, huge]], [[0, 2]], [(1, 2)]))
+        fails(PromptError, f"prompt 0: answer token id {huge} is not a token id", lambda: PromptPairs([[0, 1]], [[0, 2]], [(huge, 2)]))
+    fails(PromptError, "prompt 0: corrupt token id 1e\+20 is not|prompt 0: corrupt token id 100000000000000000000 is not", lambda: PromptPairs([[0, 1]], [[0, 1e20]], [(1, 2)]))
+
+
+def test_a_prompt_longer_than_the_models_context(model):
+    n_ctx = model.cfg.n_ctx
+    long = PromptPairs([[0] * (n_ctx + 1), [0, 1]], [[1] * (n_ctx + 1), [0, 2]], [(1, 2)] * 2)
+    message = f"prompt 0: {n_ctx + 1} tokens, more than the model's context of {n_ctx} tokens; shorten the prompt"
+    fails(PromptError, message, lambda: long.encode(d_vocab=16, n_ctx=n_ctx))
+    long.encode(d_vocab=16)  # without a context length nothing is checked
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ("\ufeff" + '{"clean": [0, 1], "corrupt": [0, 2], "answers": [1, 2]}\n', None),  # UTF-8 with a BOM is fine
+        (('{"clean": [0, 1], "corrupt": [0, 2], "answers": [1, 2]}\n').encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
+        (b'{"clean": [0, 1], "corrupt": [0, 2], "answers": [1, 2]}\n\x89PNG\x00\xff', "is not UTF-8 text \\(byte 0x89 on line 2\\)"),
+        ('{"clean": ' + "[" * 100000 + "]" * 100000 + "}\n", ":1: JSON nested too deeply"),
+    ],
+)
+def test_prompt_files_that_are_not_utf8_json_lines(tmp_path, data, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    if message is None:
+        assert len(PromptPairs.from_jsonl(path)) == 1
+    else:
+        fails(PromptError, "pairs\\.jsonl.*" + message, lambda: PromptPairs.from_jsonl(path))
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
@@ -145,6 +184,26 @@ def test_malformed_circuit_files_name_the_line(tmp_path):
     fails(CircuitError, "cannot read circuit file", lambda: Circuit.load(tmp_path / "missing.toml"))
 
 
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("utf16.toml", 'nodes = ["L0H1"]\n'.encode("utf-16"), "utf16\\.toml' is UTF-16 text; save it as UTF-8"),
+        ("binary.json", b"\x00\x01\xfe\xfa", "binary\\.json' is not UTF-8 text \\(byte 0xfe on line 1\\)"),
+        ("deep.json", ('{"nodes": ' + "[" * 100000 + "]" * 100000 + "}").encode(), "deep\\.json: nested too deeply to read"),
+        ("deep.toml", ("nodes = " + "[" * 100000 + "]" * 100000).encode(), "deep\\.toml: nested too deeply to read"),
+    ],
+)
+def test_circuit_files_that_are_not_text_or_nest_too_deeply(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    fails(CircuitError, message, lambda: Circuit.load(tmp_path / name))
+
+
+def test_a_circuit_named_by_something_other_than_text(tmp_path):
+    fails(CircuitError, "a circuit's name is text, got dict", lambda: Circuit.parse("L0H1", name={"a": 1}))
+    (tmp_path / "named.json").write_text('{"name": {"a": 1}, "nodes": ["L0H1"]}')
+    fails(CircuitError, "a circuit's name is text", lambda: Circuit.load(tmp_path / "named.json"))
+
+
 # -- numbers --------------------------------------------------------------------------------------
 def test_nan_or_infinite_logits():
     broken = redundant.load()
@@ -170,9 +229,39 @@ def test_thresholds_that_are_not_numbers_or_make_no_sense(model, threshold, mess
     fails(ThresholdError, message, lambda: assert_necessary(model, pairs(), "L0H0", threshold))
 
 
-def test_confidence_that_makes_no_sense(model):
-    with pytest.raises(TypeError, match="confidence must be a number between 0 and 1"):
-        assert_sufficient(model, pairs(), "L0H0", 0.9, confidence=95)
+@pytest.mark.parametrize("confidence, hint", [(95, "if 95 is a percentage, write 0.95"), ("0.95", "got '0.95'"), (1, "got 1"), (math.nan, "got nan")])
+def test_confidence_that_makes_no_sense(model, confidence, hint):
+    message = fails(TypeError, "confidence must be a number between 0 and 1", lambda: assert_sufficient(model, pairs(), "L0H0", 0.9, confidence=confidence))
+    assert hint in message
+
+
+@pytest.mark.parametrize(
+    "returns, message",
+    [
+        (lambda logits, pairs: None, "metric 'bad' returned NoneType None; a metric must return a tensor of one number per prompt \\(1\\)"),
+        (lambda logits, pairs: "high", "metric 'bad' returned str 'high'"),
+        (lambda logits, pairs: {"a": 1}, "metric 'bad' returned dict"),
+        (lambda logits, pairs: torch.ones(logits.shape[0], dtype=torch.complex64), "metric 'bad' returned complex64 values; a metric must return real numbers"),
+    ],
+)
+def test_metrics_that_return_no_real_number_per_prompt(model, returns, message):
+    returns.__name__ = "bad"
+    fails(MetricError, message, lambda: assert_sufficient(model, pairs(), "L0H0", 0.9, metric=returns))
+
+
+def test_pairs_that_are_not_prompt_pairs(model):
+    from pytest_circuits.errors import ArgumentError
+
+    for wrong in ("alice said hi", [("alice said hi", "someone said hi")], None):
+        fails(ArgumentError, "pairs must be PromptPairs", lambda: assert_sufficient(model, wrong, "L0H0"))
+
+
+def test_pareto_kinds_and_sizes_that_do_not_exist(model):
+    from pytest_circuits import pareto
+    from pytest_circuits.errors import ArgumentError
+
+    fails(ArgumentError, "pareto grows circuits for circuit_only .* not 'noise'", lambda: pareto(model, pairs(), ["L0H0"], kind="noise"))
+    fails(ArgumentError, "sizes must be between 1 and the ranking's 1 components, got 3", lambda: pareto(model, pairs(), ["L0H0"], sizes=[3]))
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -283,3 +372,54 @@ def test_a_refused_prompt_source_also_leaves_the_report_alone(pytester, warm_imp
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*pytest-circuits: prompt source 'missing.jsonl'*", "*circuit report NOT written: 1 test(s) stopped on bad input*"])
     assert json.loads((pytester.path / "report.json").read_text())["claims"] == ["from the last good run"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--circuits-seed", "nan"], "--circuits-seed must be a whole number from 0 to 2**63 - 1 such as 0, got 'nan'"),
+        (["--circuits-seed", "1.5"], "--circuits-seed must be a whole number*got '1.5'"),
+        (["--circuits-rtol", "-1"], "--circuits-rtol must be a finite number of at least 0 such as 1e-4, got '-1'"),
+        (["--circuits-rtol", "nan"], "--circuits-rtol must be a finite number of at least 0*got 'nan'"),
+        (["--circuits-atol", "inf"], "--circuits-atol must be a finite number of at least 0*got 'inf'"),
+        (["--circuits-allow-pickle", "maybe"], "--circuits-allow-pickle 'maybe': use true or false"),
+        (["--circuits-report", "."], "--circuits-report '.' is a folder; name a file, e.g. 'circuits.json'"),
+        (["--circuits-report", "afile/report.json"], "--circuits-report 'afile/report.json': 'afile' is a file, not a folder"),
+        (
+            ["--circuits-model", "./renamed"],
+            "model folder './renamed' has weights.safetensors, but Hugging Face loads model.safetensors (or the shards "
+            "model.safetensors.index.json lists): rename the file*",
+        ),
+    ],
+)
+def test_bad_options_are_usage_errors_before_any_test_runs(pytester, args, message):
+    (pytester.path / "afile").write_text("")
+    renamed = pytester.mkdir("renamed")
+    (renamed / "config.json").write_text("{}")
+    (renamed / "weights.safetensors").write_bytes(b"")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: pytest-circuits: {message}"])
+    assert "Traceback" not in result.stderr.str() and "INTERNALERROR" not in result.stderr.str()
+
+
+def test_a_hub_model_with_only_pickled_weights_is_refused_unless_allowed(tmp_path, monkeypatch):
+    """A cached repository whose only weights are pytorch_model.bin: refused by name, offline, before
+    anything is unpickled (it used to reach torch.load and fail with a raw UnpicklingError)."""
+    import huggingface_hub.constants
+
+    from pytest_circuits.loading import ModelSpecError, load_model
+
+    snapshot = tmp_path / "models--someone--pickled" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "gpt2"}')
+    (snapshot / "pytorch_model.bin").write_bytes(b"not a pickle")
+    (tmp_path / "models--someone--pickled" / "refs").mkdir()
+    (tmp_path / "models--someone--pickled" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fails(ModelSpecError, "cache holds no safetensors weights for it \\(pickled weights load only with --circuits-allow-pickle\\)", lambda: load_model("someone/pickled", "cpu"))
+    with pytest.raises(InputError):  # allowed: the pickle is read, and its failure is still named
+        load_model("someone/pickled", "cpu", allow_pickle=True)
