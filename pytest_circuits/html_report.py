@@ -43,7 +43,7 @@ from .files import write_atomically
 from .pareto import ParetoCurve
 from .results import Claim, fixed
 
-__all__ = ["Entry", "render_html", "write_html"]
+__all__ = ["Entry", "Fragment", "render_figure", "render_html", "write_html"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,28 @@ class Entry:
     item: Any
     label: Optional[str] = None
     claimed: Union[None, int, str, Circuit] = None
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A figure already rendered (where it was measured, e.g. on a pytest-xdist worker): its
+    section of the page ("sweeps", "circuits" or "snapshots") and its HTML."""
+
+    section: str
+    html: str
+
+
+def render_figure(item: Any, label: Optional[str] = None, claimed=None) -> Fragment:
+    """One sweep, curve, circuit or snapshot change as a ``Fragment`` of plain text."""
+    if isinstance(item, dict) and {"before", "after"} <= set(item):
+        return Fragment("snapshots", _snapshot_change(item))
+    if isinstance(item, Circuit):
+        return Fragment("circuits", _circuit_graph(item, label))
+    if isinstance(item, (ParetoCurve, FaithfulnessCurve)):
+        return Fragment("sweeps", _curve(item, Entry(item, label, claimed)))
+    if hasattr(item, "scores") and hasattr(item, "axes"):
+        return Fragment("sweeps", _heatmap(item, label))
+    raise TypeError(f"cannot draw {type(item).__name__}: give a sweep, a pareto or faithfulness curve, a circuit or a snapshot change")
 
 
 def write_html(path: Union[str, Path], items: Iterable[Any], *, title: Optional[str] = None, meta: Optional[dict] = None) -> Path:
@@ -73,7 +95,9 @@ def render_html(items: Iterable[Any], *, title: Optional[str] = None, meta: Opti
     for raw in items:
         entry = raw if isinstance(raw, Entry) else Entry(raw[1], raw[0]) if _is_labelled(raw) else Entry(raw)
         item = entry.item
-        if isinstance(item, dict) and {"before", "after"} <= set(item):
+        if isinstance(item, Fragment):
+            {"sweeps": heatmaps, "circuits": circuits, "snapshots": changes}[item.section].append(item.html)
+        elif isinstance(item, dict) and {"before", "after"} <= set(item):
             changes.append(_snapshot_change(item))
         elif isinstance(item, Circuit):
             circuits.append(_circuit_graph(item, entry.label))

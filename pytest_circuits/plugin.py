@@ -61,6 +61,7 @@ SETTINGS = [
     ("--circuits-device", "circuits_device", "device for models: auto (default), cpu, cuda, ...", "auto"),
     ("--circuits-dtype", "circuits_dtype", "dtype for models: float32, bfloat16, ... (default: the model's own)", None),
     ("--circuits-report", "circuits_report", "write every claim measured as JSON to this path", None),
+    ("--circuits-html", "circuits_html", "write one offline HTML page of every claim, sweep and curve to this path", None),
     ("--circuits-rtol", "circuits_rtol", f"relative tolerance of circuit snapshots (default {DEFAULT_RTOL:g})", None),
     ("--circuits-atol", "circuits_atol", f"absolute tolerance of circuit snapshots (default {DEFAULT_ATOL:g})", None),
     ("--circuits-seed", "circuits_seed", "seed set before prompt and model factories run (default 0)", None),
@@ -157,13 +158,16 @@ class CircuitsState:
             self.checkpoint_labels = checkpoint_labels(self.checkpoints)
             if self.prompt_source is not None:
                 _check_prompt_source(self.prompt_source, Path(config.rootpath))
-            self.report_path = _report_path(_setting(config, "circuits_report"))
+            self.report_path = _report_path(_setting(config, "circuits_report"), "--circuits-report", "circuits.json")
+            self.html_path = _report_path(_setting(config, "circuits_html"), "--circuits-html", "circuits.html")
         except ModelSpecError as error:
             raise pytest.UsageError(f"pytest-circuits: {error}") from None
         # Claims travel with the test reports (so pytest-xdist workers send theirs to the
         # controller): measured here, attached in makereport, gathered in logreport.
         self._measured: List[ClaimRow] = []
         self._rows_by_test: Dict[str, List[ClaimRow]] = {}
+        self._drawn: List[tuple] = []  # (section, html) of the figures measured since the last report
+        self._figures_by_test: Dict[str, List[tuple]] = {}
         self.expected: Optional[List[str]] = None  # node ids of the tests selected to run
         self.finished: set = set()  # node ids of the tests that ran to their teardown
         self.not_run: List[str] = []  # set at the end: selected tests that never finished
@@ -243,11 +247,36 @@ class CircuitsState:
         rows, self._measured = self._measured, []
         return [asdict(row) for row in rows]
 
+    def on_figure(self, result) -> None:
+        """A sweep or curve measured through the ``circuits`` fixture, drawn now (only when a page
+        is asked for) so that it travels as text, from an xdist worker too."""
+        if self.html_path is None or self.current_item is None:
+            return
+        from .html_report import render_figure
+
+        fragment = render_figure(result, label=self.current_item.nodeid)
+        self._drawn.append((fragment.section, fragment.html))
+
+    def take_drawn(self) -> List[tuple]:
+        drawn, self._drawn = self._drawn, []
+        return drawn
+
+    @property
+    def figures(self) -> list:
+        from .html_report import Fragment
+
+        order = {nodeid: i for i, nodeid in enumerate(self.expected or ())}
+        tests = sorted(self._figures_by_test, key=lambda nodeid: order.get(nodeid, len(order)))
+        return [Fragment(section, html) for test in tests for section, html in self._figures_by_test[test]]
+
     def gather(self, report) -> None:
         """Rows, bad input and progress from a test report, this process's or an xdist worker's."""
         rows = getattr(report, "circuits_claims", None)
         if rows:
             self._rows_by_test.setdefault(report.nodeid, []).extend(ClaimRow(**row) for row in rows)
+        figures = getattr(report, "circuits_figures", None)
+        if figures:
+            self._figures_by_test.setdefault(report.nodeid, []).extend(tuple(figure) for figure in figures)
         if getattr(report, "circuits_bad_input", False) and report.nodeid not in self.bad_input:
             self.bad_input.append(report.nodeid)
         if report.when == "teardown":
@@ -322,16 +351,16 @@ def _seed(value) -> int:
     return seed
 
 
-def _report_path(value) -> Optional[Path]:
+def _report_path(value, option: str = "--circuits-report", example: str = "circuits.json") -> Optional[Path]:
     """Refused at the start, not after every test ran: a folder, or a path under a file."""
     if not value:
         return None
     path = Path(value).expanduser()
     if path.is_dir():
-        raise ModelSpecError(f"--circuits-report {value!r} is a folder; name a file, e.g. {str(path / 'circuits.json')!r}")
+        raise ModelSpecError(f"{option} {value!r} is a folder; name a file, e.g. {str(path / example)!r}")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise ModelSpecError(f"--circuits-report {value!r}: {str(parent)!r} is a file, not a folder")
+        raise ModelSpecError(f"{option} {value!r}: {str(parent)!r} is a file, not a folder")
     return path
 
 
@@ -427,6 +456,9 @@ def pytest_runtest_makereport(item, call):
     rows = state.take_measured()
     if rows:
         report.circuits_claims = rows  # plain data: pytest-xdist sends it to the controller
+    drawn = state.take_drawn()
+    if drawn:
+        report.circuits_figures = drawn
     if excinfo is not None and _bad_input(excinfo):
         report.circuits_bad_input = True
     if report.when == "call":
@@ -553,7 +585,9 @@ def circuits(request, circuit_model, prompt_pairs):
     marker = request.node.get_closest_marker("circuit")
     circuit = list(marker.args) if marker and marker.args else None  # nodes or edges, one or several args
     try:
-        return CircuitSession(circuit_model, prompt_pairs, circuit, patchers=state.patcher, progress=state.sweep_progress)
+        return CircuitSession(
+            circuit_model, prompt_pairs, circuit, patchers=state.patcher, progress=state.sweep_progress, on_figure=state.on_figure
+        )
     except CircuitError as error:
         pytest.fail(f"pytest-circuits: circuit marker: {error}", pytrace=False)
 
@@ -604,8 +638,13 @@ def pytest_sessionfinish(session, exitstatus):
         if state.not_run:
             _keep_unused_snapshots(session.config, state.not_run)
     result = yield
-    if controller and state.report_path is not None and not state.bad_input and not state.not_run:
-        write_json(state.report_path, state.rows, state.meta())
+    if controller and not state.bad_input and not state.not_run:
+        if state.report_path is not None:
+            write_json(state.report_path, state.rows, state.meta())
+        if state.html_path is not None:
+            from .html_report import write_html
+
+            write_html(state.html_path, [*state.rows, *state.figures], title="pytest-circuits", meta=state.meta())
     return result
 
 
@@ -623,8 +662,10 @@ def _keep_unused_snapshots(config, not_run: List[str]) -> None:
 
 def pytest_sessionstart(session):
     state = session.config.stash.get(STATE, None)
-    if state is not None and state.report_path is not None and not hasattr(session.config, "workerinput"):
-        remove_stale_temporaries(state.report_path)  # left by a run killed while writing it
+    if state is not None and not hasattr(session.config, "workerinput"):
+        for path in (state.report_path, state.html_path):
+            if path is not None:
+                remove_stale_temporaries(path)  # left by a run killed while writing it
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -633,15 +674,13 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     rows = state.rows
     lines = table(rows) if rows else []
-    if state.report_path is not None and state.bad_input:
-        lines.append(
-            f"circuit report NOT written: {len(state.bad_input)} test(s) stopped on bad input (see above); "
-            f"{state.report_path} is left as it was"
-        )
-    elif state.report_path is not None and state.not_run:
-        lines.append(f"circuit report NOT written: the run stopped before {_not_run(state)}; {state.report_path} is left as it was")
-    elif state.report_path is not None and rows:
-        lines.append(f"circuit report: {state.report_path}")
+    for what, path in (("circuit report", state.report_path), ("circuit page", state.html_path)):
+        if path is not None and state.bad_input:
+            lines.append(f"{what} NOT written: {len(state.bad_input)} test(s) stopped on bad input (see above); {path} is left as it was")
+        elif path is not None and state.not_run:
+            lines.append(f"{what} NOT written: the run stopped before {_not_run(state)}; {path} is left as it was")
+        elif path is not None and (rows or what == "circuit page"):
+            lines.append(f"{what}: {path}")
     if state.not_run and config.getoption("update_snapshots", False):
         lines.append(f"no snapshot deleted as unused: the run stopped before {_not_run(state)}")
     if lines:

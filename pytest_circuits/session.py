@@ -33,6 +33,7 @@ class CircuitSession:
         ablation: str = "corrupt",
         patchers: Optional[Callable[[object, PromptPairs, str], Patcher]] = None,
         progress=False,
+        on_figure: Optional[Callable[[object], None]] = None,
     ):
         self.model = model
         self.pairs = pairs
@@ -41,6 +42,7 @@ class CircuitSession:
         self.ablation = ablation
         self._patchers = patchers or patcher
         self.progress = progress  # for sweeps: False, True (a bar on stderr) or callback(done, total)
+        self._on_figure = on_figure  # called with each sweep and curve measured (the plugin's HTML page)
 
     def patcher(self, ablation: Optional[str] = None, corruption: Optional[str] = None) -> Patcher:
         """The shared ``Patcher`` (cached clean/corrupt runs) for this model, prompts, ablation and
@@ -70,10 +72,10 @@ class CircuitSession:
         """Recovered fraction of circuits grown in ``ranking`` order (``pytest_circuits.pareto``)."""
         from .pareto import pareto_curve
 
-        return pareto_curve(
+        return self._figure(pareto_curve(
             self.patcher(ablation, corruption), ranking, kind=kind, base=base, sizes=sizes,
             metric=metric or self.metric, progress=self.progress,
-        )
+        ))
 
     # -- exploring: every component at once, on the same cached runs --------------------------------
     def sweep(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None, **options):
@@ -84,7 +86,7 @@ class CircuitSession:
         budget = options.pop("budget_bytes", None)
         patcher_ = self.patcher(ablation, corruption)
         sweeper = Sweeper(patcher_) if budget is None else Sweeper(patcher_, budget)
-        return sweeper.sweep(over, mode, metric=metric or self.metric, **options)
+        return self._figure(sweeper.sweep(over, mode, metric=metric or self.metric, **options))
 
     def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None, method="eap", steps=30):
         """First-order estimates of every component's score (``pytest_circuits.attribution``);
@@ -97,7 +99,7 @@ class CircuitSession:
         """MIB's faithfulness curve of ``ranking``, with its CPR and CMD (``pytest_circuits.faithfulness``)."""
         from .faithfulness import faithfulness_curve
 
-        return faithfulness_curve(self.patcher(ablation, corruption), ranking, metric=metric or self.metric, **options)
+        return self._figure(faithfulness_curve(self.patcher(ablation, corruption), ranking, metric=metric or self.metric, **options))
 
     def repair(self, circuit=None, *, metric=None, ablation=None, corruption=None):
         """Self-repair (direct minus total effect) of the circuit's heads and MLPs (``pytest_circuits.self_repair``)."""
@@ -137,15 +139,15 @@ class CircuitSession:
         """The area under ``ranking``'s faithfulness curve (MIB's CPR) is at least ``minimum``."""
         from .faithfulness import assert_cpr
 
-        return assert_cpr(self.model, self.pairs, ranking, minimum, metric=metric or self.metric, ablation=ablation or self.ablation,
-                          corruption=corruption, snapshot=snapshot, **options)
+        return self._figure(assert_cpr(self.model, self.pairs, ranking, minimum, metric=metric or self.metric,
+                                       ablation=ablation or self.ablation, corruption=corruption, snapshot=snapshot, **options))
 
     def assert_cmd(self, ranking, maximum: float, *, metric=None, ablation=None, snapshot=None, corruption=None, **options):
         """The area between ``ranking``'s faithfulness curve and 1 (MIB's CMD) is at most ``maximum``."""
         from .faithfulness import assert_cmd
 
-        return assert_cmd(self.model, self.pairs, ranking, maximum, metric=metric or self.metric, ablation=ablation or self.ablation,
-                          corruption=corruption, snapshot=snapshot, **options)
+        return self._figure(assert_cmd(self.model, self.pairs, ranking, maximum, metric=metric or self.metric,
+                                       ablation=ablation or self.ablation, corruption=corruption, snapshot=snapshot, **options))
 
     def assert_beats_random(self, circuit=None, *, alpha: float = 0.05, metric=None, ablation=None, snapshot=None, corruption=None, **options):
         """The circuit scores better than random circuits of its size (p-value at most ``alpha``)."""
@@ -172,6 +174,13 @@ class CircuitSession:
         return check(measure_under(self.pairs, corruption, measure), max_gap, snapshot)
 
     # -- plumbing ----------------------------------------------------------------------------------
+    def _figure(self, result):
+        """Hand a sweep or curve to whoever draws them (several corrupt sets: each), then return it."""
+        if self._on_figure is not None:
+            for part in getattr(result, "results", (result,)):
+                self._on_figure(part)
+        return result
+
     def _circuit(self, circuit) -> Circuit:
         if circuit is None:
             if self.circuit is None:
