@@ -26,24 +26,7 @@ from .patching import PatchingError, patcher
 from .prompts import PromptPairs
 from .results import ByCorruption, Claim, PatchResult, fixed
 from .snapshot import matches
-
-_LISTENERS: List[Callable[[Claim], None]] = []
-
-
-def add_claim_listener(listener: Callable[[Claim], None]) -> None:
-    """Call ``listener(claim)`` for every claim judged from now on (the pytest plugin reports them)."""
-    _LISTENERS.append(listener)
-
-
-def remove_claim_listener(listener: Callable[[Claim], None]) -> None:
-    if listener in _LISTENERS:
-        _LISTENERS.remove(listener)
-
-
-def announce(claim: Claim) -> Claim:
-    for listener in list(_LISTENERS):
-        listener(claim)
-    return claim
+from .listeners import announce
 
 FAILURES = {
     "denoise": "is not sufficient",

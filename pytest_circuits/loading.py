@@ -18,24 +18,28 @@ import pickle
 import re
 import socket
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 from urllib.parse import urlparse
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .errors import InputError
 
+# torch is imported where a function needs it: check_spec, checkpoint_labels and ModelSpecError
+# stay light, for the pytest plugin's option checks at startup.
+
 TOY_PREFIX = "toy:"
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "fp64": torch.float64,
+DTYPES = {  # name -> the torch dtype's own name
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
 }
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # the names from_pretrained looks for
 WAYS = (
@@ -56,6 +60,8 @@ def toy_names() -> list:
 
 def resolve_device(device: Optional[str]) -> torch.device:
     """``auto`` (or None) is CUDA when available, else CPU."""
+    import torch
+
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -72,12 +78,14 @@ def resolve_device(device: Optional[str]) -> torch.device:
 
 
 def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    import torch
+
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype in ("", "auto"):
         return None
     try:
-        return DTYPES[str(dtype).removeprefix("torch.")]
+        return getattr(torch, DTYPES[str(dtype).removeprefix("torch.")])
     except KeyError:
         raise ModelSpecError(f"unknown dtype {dtype!r}: use one of {', '.join(sorted(set(DTYPES)))}") from None
 
@@ -225,6 +233,7 @@ def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] =
 
 def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
     """Wrap a loaded Hugging Face causal LM as a TransformerLens bridge, leaving global RNG alone."""
+    import torch
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     hf_model.eval()
@@ -247,6 +256,7 @@ def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False)
     """
     name, _, revision = spec.partition("@")
     revision = revision or None
+    import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     def boot():

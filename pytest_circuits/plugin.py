@@ -2,44 +2,33 @@
 
 Every measurement is the engine's (``CircuitSession``, ``Patcher``); this module decides which
 model, prompts and circuit a test gets, keeps one cache per (model, prompts, ablation) for the
-session, and reports what was claimed.
+session (``_session_models``), and reports what was claimed.
+
+This module is loaded into every pytest run where the package is installed (its ``pytest11``
+entry point), so it imports nothing heavy: torch, transformer_lens and the engine are imported
+only when a test uses a circuit fixture, or when an option given explicitly needs them to be
+checked (``--circuits-device cuda``, a toy model spec, ...). ``tests/test_lazy_import.py`` keeps it so.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import platform
 import time
 import types
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import pytest
-import torch
 
-from . import hookspecs, metrics
-from .assertions import add_claim_listener, remove_claim_listener
-from .circuit import CircuitError
+# Light modules only (none imports torch): keep it so, tests/test_lazy_import.py checks.
+from . import hookspecs
 from .errors import InputError
+from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
-from .loading import (
-    ModelSpecError,
-    check_spec,
-    checkpoint_labels,
-    import_factory,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    spec_kind,
-)
-from .patching import Patcher
-from .prompts import PromptError, PromptPairs
+from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
 from .report import ClaimRow, table, write_json
-from .results import Claim
-from .session import CircuitSession
 from .snapshot import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -48,6 +37,12 @@ from .snapshot import (
     extension_class,
     keep_unreached_snapshots,
 )
+
+if TYPE_CHECKING:
+    from ._session_models import SessionModels
+    from .patching import Patcher
+    from .prompts import PromptPairs
+    from .results import Claim
 
 STATE = pytest.StashKey["CircuitsState"]()
 MODEL_SPEC = pytest.StashKey[str]()
@@ -117,7 +112,10 @@ def pytest_configure(config):
     if not _ACTIVE:
         add_claim_listener(_record_claim)
     _ACTIVE.append(state)
-    config.hook.pytest_circuits_register_metrics(registry=metrics.registry)
+    if config.hook.pytest_circuits_register_metrics.get_hookimpls():
+        from . import metrics  # imports torch: only for a project that registers metrics
+
+        config.hook.pytest_circuits_register_metrics(registry=metrics.registry)
 
 
 def pytest_unconfigure(config):
@@ -131,7 +129,7 @@ def pytest_unconfigure(config):
 _ACTIVE: List["CircuitsState"] = []  # sessions in this process; a nested one (pytester) is last
 
 
-def _record_claim(claim: Claim) -> None:
+def _record_claim(claim: "Claim") -> None:
     """Claims belong to the innermost running session only, never to an enclosing one."""
     _ACTIVE[-1].on_claim(claim)
 
@@ -144,8 +142,12 @@ class CircuitsState:
         try:
             self.model_spec = _setting(config, "circuits_model")
             self.prompt_source = _setting(config, "circuits_prompts")
-            self.device = resolve_device(_setting(config, "circuits_device", "auto"))
-            self.dtype = resolve_dtype(_setting(config, "circuits_dtype"))
+            self._device_name = _setting(config, "circuits_device", "auto")
+            self._dtype_name = _setting(config, "circuits_dtype")
+            if self._device_name not in (None, "", "auto"):
+                self.device  # given: checked now (imports torch); auto is resolved when a model loads
+            if self._dtype_name not in (None, "", "auto"):
+                self.dtype
             self.rtol = _tolerance(_setting(config, "circuits_rtol", DEFAULT_RTOL), "--circuits-rtol")
             self.atol = _tolerance(_setting(config, "circuits_atol", DEFAULT_ATOL), "--circuits-atol")
             self.seed = _seed(_setting(config, "circuits_seed", 0))
@@ -174,46 +176,43 @@ class CircuitsState:
         self.bad_input: List[str] = []  # tests that stopped on bad input: the report is then left as it was
         self.snapshot_writes: List[DeferredWrites] = []  # one per circuit_snapshot; committed when its test passes
         self.current_item: Optional[pytest.Item] = None
-        self._models: Dict[str, object] = {}
-        self._failures: Dict[str, str] = {}
-        self._prompts: Dict[tuple, PromptPairs] = {}
-        self._patchers: Dict[tuple, Patcher] = {}
+        self._models: Optional["SessionModels"] = None  # built when a test first asks for a model
 
-    # -- models and prompts --------------------------------------------------------------------
+    # -- device and dtype: resolved on first use, since resolving imports torch ------------------
+    @property
+    def device(self):
+        if not hasattr(self, "_device"):
+            from .loading import resolve_device
+
+            self._device = resolve_device(self._device_name)
+        return self._device
+
+    @property
+    def dtype(self):
+        if not hasattr(self, "_dtype"):
+            from .loading import resolve_dtype
+
+            self._dtype = resolve_dtype(self._dtype_name)
+        return self._dtype
+
+    # -- models and prompts (the heavy half: _session_models) ----------------------------------
+    @property
+    def models(self) -> "SessionModels":
+        if self._models is None:
+            from ._session_models import SessionModels
+
+            self._models = SessionModels(self)
+        return self._models
+
     def model(self, spec: str):
-        if spec in self._failures:
-            pytest.fail(self._failures[spec], pytrace=False)
-        if spec not in self._models:
-            self._progress(f"pytest-circuits: loading model {spec} on {self.device}")
-            start = time.perf_counter()
-            try:
-                torch.manual_seed(self.seed)
-                model = self.config.hook.pytest_circuits_load_model(spec=spec, device=self.device, dtype=self.dtype)
-                if model is None:
-                    model = load_model(spec, self.device, self.dtype, allow_pickle=self.allow_pickle)
-            except ModelSpecError as error:
-                self._failures[spec] = f"pytest-circuits: {error}"
-                pytest.fail(self._failures[spec], pytrace=False)
-            self._models[spec] = model
-            self._progress(f"pytest-circuits: loaded {spec} in {time.perf_counter() - start:.1f}s")
-        return self._models[spec]
+        return self.models.model(spec)
 
-    def prompts(self, source: str, model, base: Path) -> PromptPairs:
-        key = (source, str(base), id(getattr(model, "tokenizer", None)))
-        if key not in self._prompts:
-            torch.manual_seed(self.seed)
-            try:
-                self._prompts[key] = _load_prompts(source, model, base, self.prepend_bos)
-            except (PromptError, ModelSpecError) as error:
-                pytest.fail(f"pytest-circuits: prompt source {source!r}: {error}", pytrace=False)
-        return self._prompts[key]
+    def prompts(self, source: str, model, base: Path) -> "PromptPairs":
+        return self.models.prompts(source, model, base)
 
-    def patcher(self, model, pairs: PromptPairs, ablation: str) -> Patcher:
+    def patcher(self, model, pairs: "PromptPairs", ablation: str) -> "Patcher":
         """One Patcher (one clean and one corrupt run) per (model, prompts, ablation) per session."""
-        key = (id(model), id(pairs), ablation)
-        if key not in self._patchers:
-            self._patchers[key] = Patcher(model, pairs, ablation=ablation)
-        return self._patchers[key]
+        return self.models.patcher(model, pairs, ablation)
 
     def sweep_progress(self, done: int, total: int) -> None:
         """Progress of long sweeps: a line at most every 2 seconds, and one at the end."""
@@ -229,7 +228,7 @@ class CircuitsState:
             reporter.write_line(message)
 
     # -- claims ---------------------------------------------------------------------------------
-    def on_claim(self, claim: Claim) -> None:
+    def on_claim(self, claim: "Claim") -> None:
         item = self.current_item
         if item is None:
             return  # measured outside a test (e.g. at import time): nothing to attribute it to
@@ -399,28 +398,6 @@ def _flag(value, name: str) -> bool:
     return choices[str(value).strip().lower()]
 
 
-def _load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = None) -> PromptPairs:
-    tokenizer = getattr(model, "tokenizer", None)
-    if source.endswith(".jsonl"):
-        path = _resolve_path(source, base)
-        if path is None:
-            raise PromptError(f"file not found (looked in {base} and {Path.cwd()})")
-        return PromptPairs.from_jsonl(path, tokenizer=tokenizer, prepend_bos=prepend_bos)
-    if source.startswith("toy:"):
-        check_spec(source)
-        pairs = importlib.import_module(f"pytest_circuits.toys.{source[4:]}").prompt_pairs()
-    else:
-        if ":" not in source:
-            raise PromptError("not a .jsonl path, pkg.mod:factory or toy:NAME")
-        factory = import_factory(source, what=None)
-        params = inspect.signature(factory).parameters
-        kwargs = {name: value for name, value in (("model", model), ("tokenizer", tokenizer)) if name in params}
-        pairs = factory(**kwargs)
-    if not isinstance(pairs, PromptPairs):
-        raise PromptError(f"the factory returned {type(pairs).__name__}, not PromptPairs")
-    return pairs
-
-
 # -- parametrizing over checkpoints, marking claims ----------------------------------------------
 def pytest_generate_tests(metafunc):
     state = metafunc.config.stash[STATE]
@@ -531,6 +508,7 @@ def pytest_runtest_protocol(item, nextitem):
         state.current_item = None
 
 
+
 # -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture
 def circuits_checkpoint(request):
@@ -584,6 +562,9 @@ def circuits(request, circuit_model, prompt_pairs):
     state = request.config.stash[STATE]
     marker = request.node.get_closest_marker("circuit")
     circuit = list(marker.args) if marker and marker.args else None  # nodes or edges, one or several args
+    from .circuit import CircuitError
+    from .session import CircuitSession
+
     try:
         return CircuitSession(
             circuit_model, prompt_pairs, circuit, patchers=state.patcher, progress=state.sweep_progress, on_figure=state.on_figure

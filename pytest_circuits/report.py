@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .files import write_atomically
-from .results import Claim, fixed, negative_components_left_out
+
+if TYPE_CHECKING:  # results imports the circuit parser: imported where used, so that the pytest
+    from .results import Claim  # plugin, loaded into every pytest run, stays light to import
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def _cut(text: str, width: int) -> str:
 
 def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 64) -> List[str]:
     """Aligned text lines: a header and one line per claim (tests named without their folders)."""
+    from .results import fixed, negative_components_left_out
+
     cells = []
     for row in rows:
         circuit = _cut(row.circuit, circuit_width) + ("" if row.corruption is None else f" [{row.corruption}]")

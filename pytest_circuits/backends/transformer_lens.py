@@ -4,6 +4,13 @@ Both expose the same hook names for what the engine patches: a head's output is 
 ``hook_z`` slice (the output is ``z_h @ W_O[h]`` summed over heads, so replacing ``z_h`` replaces
 exactly that head's write), a neuron by its ``mlp.hook_post`` slice, the embedding by the residual
 stream entering block 0.
+
+They differ in what sits behind a block's parts: a bridge component wraps a Hugging Face module
+(``original_component``), a ``HookedTransformer`` keeps its weights as tensors (``mlp.W_in``,
+``W_gate``, ``act_fn``; grouped-query attention as ``_W_K``/``_W_V`` with the
+``ungroup_grouped_query_attention`` switch). Which one a model is is read from the parts themselves
+(``_wrapped``), and whatever is computed outside the model's forward (neuron activations for neuron
+receivers, the sweeps' resumed suffix) is checked against that forward on a probe before use.
 """
 
 from __future__ import annotations
@@ -47,10 +54,28 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a.detach().float() - b.detach().float()).abs().max()) <= tol * scale
 
 
+def _wrapped(module):
+    """The Hugging Face module a bridge component wraps, or None (a ``HookedTransformer`` part computes itself)."""
+    for name in ("_original_component", "original_component"):
+        try:
+            inner = getattr(module, name, None)
+        except Exception:  # noqa: BLE001 - a bridge component may raise when it wraps nothing
+            inner = None
+        if isinstance(inner, torch.nn.Module):
+            return inner
+    return None
+
+
+def _plain(module):
+    """What computes a part: the wrapped Hugging Face module, or the module itself."""
+    wrapped = _wrapped(module)
+    return module if wrapped is None else wrapped
+
+
 def _activation(block):
     """The MLP's activation function, where Hugging Face modules keep it (the MLP, or the layer
     for MLPs without a module of their own, as OPT's)."""
-    for owner in (block.mlp.original_component, block.original_component):
+    for owner in (_plain(block.mlp), _plain(block)):
         for name in ("act_fn", "act", "activation_fn"):
             fn = getattr(owner, name, None)
             if callable(fn):
@@ -72,6 +97,19 @@ def _one_device(model, name: str) -> torch.device:
     return device
 
 
+def _align_config_dtype(model) -> None:
+    """A ``HookedTransformer`` casts attention patterns (and, for half precision, norms) to
+    ``cfg.dtype``, which ``model.to(dtype)`` updates but ``model.double()``/``.half()`` do not: a
+    model converted that way fails in its own forward. Its config is set to its weights' dtype, as
+    ``model.to`` would have. (A bridge's config dtype is not read by its forward; left alone.)"""
+    cfg = model.cfg
+    if _wrapped(model.blocks[0]) is not None or not isinstance(getattr(cfg, "dtype", None), torch.dtype):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and cfg.dtype not in dtypes:
+        cfg.dtype = dtypes.pop()
+
+
 class TransformerLensBackend:
     """Runs patched forwards through ``run_with_hooks``."""
 
@@ -81,10 +119,11 @@ class TransformerLensBackend:
         self.model = model
         cfg = model.cfg
         attn_only = bool(getattr(cfg, "attn_only", False))
-        self.architecture = getattr(cfg, "architecture", None) or type(model).__name__
+        self.architecture = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or type(model).__name__
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
         self.device = _one_device(model, self.name)
+        _align_config_dtype(model)
         self.shape = ModelShape(
             n_layers=cfg.n_layers,
             n_heads=cfg.n_heads,
@@ -242,6 +281,12 @@ class TransformerLensBackend:
         if n_kv == n_heads:
             yield
             return
+        if _wrapped(self.model.blocks[0].attn) is None:
+            # HookedTransformer: its own switch repeats the shared key/value weights per query head
+            # (hook_k_input/hook_v_input then hold one copy per query head; the probe checks it)
+            with self._ungrouped_kv():
+                yield
+            return
         restore = []
         try:
             for block in self.model.blocks:
@@ -269,6 +314,20 @@ class TransformerLensBackend:
             for owner, name, value in reversed(restore):
                 setattr(owner, name, value)
 
+    @contextmanager
+    def _ungrouped_kv(self):
+        cfg = self.model.cfg
+        if not hasattr(cfg, "ungroup_grouped_query_attention"):
+            yield  # an older TransformerLens: the probe finds k/v inputs shared by a group and refuses edges
+            return
+        saved = cfg.ungroup_grouped_query_attention
+        switch = getattr(self.model, "set_ungroup_grouped_query_attention", None)
+        try:
+            switch(True) if callable(switch) else setattr(cfg, "ungroup_grouped_query_attention", True)
+            yield
+        finally:
+            switch(saved) if callable(switch) else setattr(cfg, "ungroup_grouped_query_attention", saved)
+
     def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Each head's write to the residual stream, ``[batch, pos, head, d_model]`` (no shared bias)."""
         W_O = self.model.blocks[layer].attn.W_O.detach()
@@ -282,11 +341,28 @@ class TransformerLensBackend:
         block = self.model.blocks[layer]
         norm = getattr(block, "ln2", None) or block.ln1  # GPT-J's one norm feeds attention and MLP
         mlp = block.mlp
-        normed = getattr(norm, "_original_component", norm)(x)
+        normed = _plain(norm)(x)
+        if _wrapped(mlp) is None:
+            return self._hooked_neuron_acts(mlp, normed)
         up = (getattr(mlp, "in", None) or getattr(mlp, "input")).original_component(normed)
         act = _activation(block)
         gate = getattr(mlp, "gate", None)
         return act(gate.original_component(normed)) * up if gate is not None else act(up)
+
+    @staticmethod
+    def _hooked_neuron_acts(mlp, normed: torch.Tensor) -> torch.Tensor:
+        """A ``HookedTransformer`` MLP's ``hook_post`` from its normalized input, as its forward
+        computes it: ``act(x W_in + b_in)``, gated ``act(x W_gate) * (x W_in) + b_in``, then the
+        MLP's own norm for SoLU-LN MLPs."""
+        act = mlp.act_fn
+        W_in, b_in = mlp.W_in.to(normed.dtype), mlp.b_in.to(normed.dtype)
+        W_gate = getattr(mlp, "W_gate", None)
+        if W_gate is not None:
+            post = act(normed @ W_gate.to(normed.dtype)) * (normed @ W_in) + b_in
+        else:
+            post = act(normed @ W_in + b_in)
+        norm = getattr(mlp, "ln", None)
+        return norm(post) if isinstance(norm, torch.nn.Module) else post
 
     # -- sweeps: resume from a layer, read only the logits a metric needs ------------------------
     @property
@@ -304,11 +380,37 @@ class TransformerLensBackend:
         blocks = getattr(self.model, "blocks", [])
         return (
             len(blocks) > 0
-            and all(type(getattr(b, "_original_component", None)).__name__ == "GPT2Block" for b in blocks)
+            and all(self._gpt2_style_block(b) for b in blocks)
             and getattr(cfg, "positional_embedding_type", "standard") == "standard"
+            and not getattr(cfg, "gated_mlp", False)
+            and not getattr(cfg, "use_local_attn", False)
+            and getattr(cfg, "attention_dir", "causal") == "causal"
+            and float(getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) <= 0
             and not getattr(cfg, "parallel_attn_mlp", False)
             and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
             and float(getattr(cfg, "output_logits_soft_cap", -1.0) or -1.0) <= 0
+        )
+
+    @staticmethod
+    def _gpt2_style_block(block) -> bool:
+        """A bridge block wrapping Hugging Face's ``GPT2Block``, or a ``HookedTransformer`` block of
+        the same shape: two norms, per-head Q/K/V/O weights with biases, an ungated MLP with an
+        activation and no norm of its own."""
+        wrapped = _wrapped(block)
+        if wrapped is not None:
+            return type(wrapped).__name__ == "GPT2Block"
+        attn, mlp = getattr(block, "attn", None), getattr(block, "mlp", None)
+        weights = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
+        return (
+            isinstance(getattr(block, "ln1", None), torch.nn.Module)
+            and isinstance(getattr(block, "ln2", None), torch.nn.Module)
+            and attn is not None
+            and all(isinstance(getattr(attn, name, None), torch.Tensor) for name in weights)
+            and mlp is not None
+            and all(isinstance(getattr(mlp, name, None), torch.Tensor) for name in ("W_in", "b_in", "W_out", "b_out"))
+            and getattr(mlp, "W_gate", None) is None
+            and not isinstance(getattr(mlp, "ln", None), torch.nn.Module)
+            and callable(getattr(mlp, "act_fn", None))
         )
 
     def _suffix_reproduces_forward(self) -> bool:
@@ -363,7 +465,7 @@ class TransformerLensBackend:
         ``prefix`` ([b, start, d], shared by the n = copies * b rows); ``read`` keeps only one
         row per sequence after the block (the others' queries and MLP are never computed)."""
         attn, mlp = block.attn, block.mlp
-        ln1, ln2 = block.ln1._original_component, block.ln2._original_component
+        ln1, ln2 = _plain(block.ln1), _plain(block.ln2)
         copies = x.shape[0] // max(prefix.shape[0], 1)
         start, length = prefix.shape[1], x.shape[1]
 
@@ -385,13 +487,13 @@ class TransformerLensBackend:
         if patch_z is not None:
             z = patch_z(z)
         x = x + torch.einsum("nphe,hed->npd", z, attn.W_O) + attn.b_O
-        act = mlp._original_component.act
+        act = mlp._original_component.act if _wrapped(mlp) is not None else mlp.act_fn
         return x + act(ln2(x) @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
 
     def unembed(self, resid: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits from final residual vectors ``[..., d]``: all of them, or only ``columns`` (token ids)."""
-        final = self.model.ln_final
-        normed = getattr(final, "_original_component", final)(resid)
+        final = getattr(self.model, "ln_final", None)  # a HookedTransformer without norms has none
+        normed = resid if final is None else _plain(final)(resid)
         W_U, b_U = self.model.unembed.W_U.detach(), self.model.unembed.b_U.detach()
         if columns is not None:
             W_U, b_U = W_U[:, columns], b_U[columns]
@@ -421,3 +523,100 @@ class TransformerLensBackend:
         with torch.enable_grad() if grad else torch.no_grad():
             logits = self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
         return logits, captured
+
+
+# -- TransformerLens 2.x/3.x: a HookedTransformer from a loaded Hugging Face model ---------------
+HOOKED_CONVERSIONS = {  # Hugging Face class -> TransformerLens's weight conversion
+    "GPT2LMHeadModel": "convert_gpt2_weights",
+    "LlamaForCausalLM": "convert_llama_weights",
+    "MistralForCausalLM": "convert_mistral_weights",
+    "GPTNeoXForCausalLM": "convert_neox_weights",
+}
+
+
+def _hooked_config(architecture: str, c) -> dict:
+    """A ``HookedTransformerConfig``'s fields read from a Hugging Face config (no hub lookup)."""
+    rope = getattr(c, "rope_parameters", None) or {}
+    if architecture == "GPT2LMHeadModel":
+        return dict(
+            d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_layers=c.n_layer, n_ctx=c.n_positions, n_heads=c.n_head,
+            d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size, act_fn=c.activation_function, eps=c.layer_norm_epsilon,
+            normalization_type="LN", positional_embedding_type="standard",
+            scale_attn_by_inverse_layer_idx=bool(getattr(c, "scale_attn_by_inverse_layer_idx", False)),
+        )
+    if architecture in ("LlamaForCausalLM", "MistralForCausalLM"):
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        fields = dict(
+            d_model=c.hidden_size, d_head=head_dim, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
+            n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+            eps=c.rms_norm_eps, normalization_type="RMS", final_rms=True, gated_mlp=True,
+            positional_embedding_type="rotary", rotary_dim=head_dim,
+            rotary_base=float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
+        )
+        if c.num_key_value_heads != c.num_attention_heads:
+            fields["n_key_value_heads"] = c.num_key_value_heads
+        return fields
+    if architecture == "GPTNeoXForCausalLM":
+        head_dim = c.hidden_size // c.num_attention_heads
+        pct = rope.get("partial_rotary_factor", getattr(c, "rotary_pct", getattr(c, "partial_rotary_factor", 1.0)))
+        return dict(
+            d_model=c.hidden_size, d_head=head_dim, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
+            n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+            eps=c.layer_norm_eps, normalization_type="LN", positional_embedding_type="rotary",
+            rotary_dim=int(head_dim * pct), rotary_base=float(rope.get("rope_theta", getattr(c, "rotary_emb_base", 10000.0))),
+            parallel_attn_mlp=bool(c.use_parallel_residual),
+        )
+    raise BackendError(f"no HookedTransformer conversion for {architecture}")
+
+
+def hooked_transformer_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
+    """A TransformerLens 2.x/3.x ``HookedTransformer`` computing what a loaded Hugging Face model
+    computes (GPT-2, Llama, Mistral, GPT-NeoX): its config read from the model's, its weights through
+    TransformerLens's own conversions, unprocessed (no folding or centering), its rotary tables
+    taken from the Hugging Face model. For TransformerLens without ``TransformerBridge``; leaves the
+    global RNG alone."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        from transformer_lens.pretrained import weight_conversions
+    except ImportError as error:
+        raise BackendError(f"this TransformerLens has no HookedTransformer ({str(error).splitlines()[0]})") from None
+    architecture = type(hf_model).__name__
+    if architecture not in HOOKED_CONVERSIONS or not hasattr(weight_conversions, HOOKED_CONVERSIONS[architecture]):
+        raise BackendError(
+            f"pytest-circuits cannot build a HookedTransformer from a {architecture} here; it converts "
+            f"{', '.join(HOOKED_CONVERSIONS)}. Load the model with HookedTransformer.from_pretrained(...) instead."
+        )
+    dtype = next(hf_model.parameters()).dtype
+    device = next(hf_model.parameters()).device
+    cfg = HookedTransformerConfig(
+        **_hooked_config(architecture, hf_model.config), dtype=dtype, device=str(device), model_name=model_name,
+        original_architecture=architecture, default_prepend_bos=False,
+    )
+    hf_model.eval()
+    state = getattr(weight_conversions, HOOKED_CONVERSIONS[architecture])(hf_model, cfg)
+    with torch.random.fork_rng(devices=[]):
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state, fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    torch.nn.Module.to(model, device=device, dtype=dtype)  # HookedTransformer.to prints; cfg has both already
+    _rotary_tables_from(hf_model, model)
+    return model.eval()
+
+
+@torch.no_grad()
+def _rotary_tables_from(hf_model, model) -> None:
+    """Rotary sin/cos tables as the Hugging Face model computes them (both libraries build them in
+    float32 but round differently, ~1e-7)."""
+    rotary = next((m for m in hf_model.modules() if "RotaryEmbedding" in type(m).__name__), None)
+    if rotary is None:
+        return
+    n_ctx = model.cfg.n_ctx
+    anchor = next(hf_model.parameters())
+    cos, sin = rotary(torch.zeros(1, n_ctx, 1, dtype=anchor.dtype, device=anchor.device), torch.arange(n_ctx, device=anchor.device)[None])
+    for block in model.blocks:
+        attn = block.attn
+        if hasattr(attn, "rotary_sin") and attn.rotary_sin.shape == sin[0].shape:
+            attn.rotary_sin.copy_(sin[0].to(attn.rotary_sin.dtype))
+            attn.rotary_cos.copy_(cos[0].to(attn.rotary_cos.dtype))

@@ -1,0 +1,93 @@
+"""The models, prompt pairs and patchers a pytest session has loaded: the plugin's heavy half.
+
+``plugin.py`` is imported into every pytest run where this package is installed, so it imports
+nothing that imports torch; this module (torch, the engine, the loaders) is imported only when a
+test first asks for a model (the ``circuit_model``, ``prompt_pairs`` or ``circuits`` fixture).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+import torch
+
+from .loading import ModelSpecError, check_spec, import_factory, load_model
+from .patching import Patcher
+from .prompts import PromptError, PromptPairs
+
+
+class SessionModels:
+    """One model per spec, one set of prompt pairs per (source, folder, tokenizer) and one Patcher
+    per (model, prompts, ablation) for the whole session; ``state`` is the plugin's CircuitsState."""
+
+    def __init__(self, state):
+        self.state = state
+        self._models: Dict[str, object] = {}
+        self._failures: Dict[str, str] = {}
+        self._prompts: Dict[tuple, PromptPairs] = {}
+        self._patchers: Dict[tuple, Patcher] = {}
+
+    def model(self, spec: str):
+        state = self.state
+        if spec in self._failures:
+            pytest.fail(self._failures[spec], pytrace=False)
+        if spec not in self._models:
+            state._progress(f"pytest-circuits: loading model {spec} on {state.device}")
+            start = time.perf_counter()
+            try:
+                torch.manual_seed(state.seed)
+                model = state.config.hook.pytest_circuits_load_model(spec=spec, device=state.device, dtype=state.dtype)
+                if model is None:
+                    model = load_model(spec, state.device, state.dtype, allow_pickle=state.allow_pickle)
+            except ModelSpecError as error:
+                self._failures[spec] = f"pytest-circuits: {error}"
+                pytest.fail(self._failures[spec], pytrace=False)
+            self._models[spec] = model
+            state._progress(f"pytest-circuits: loaded {spec} in {time.perf_counter() - start:.1f}s")
+        return self._models[spec]
+
+    def prompts(self, source: str, model, base: Path) -> PromptPairs:
+        key = (source, str(base), id(getattr(model, "tokenizer", None)))
+        if key not in self._prompts:
+            torch.manual_seed(self.state.seed)
+            try:
+                self._prompts[key] = load_prompts(source, model, base, self.state.prepend_bos)
+            except (PromptError, ModelSpecError) as error:
+                pytest.fail(f"pytest-circuits: prompt source {source!r}: {error}", pytrace=False)
+        return self._prompts[key]
+
+    def patcher(self, model, pairs: PromptPairs, ablation: str) -> Patcher:
+        """One Patcher (one clean and one corrupt run) per (model, prompts, ablation) per session."""
+        key = (id(model), id(pairs), ablation)
+        if key not in self._patchers:
+            self._patchers[key] = Patcher(model, pairs, ablation=ablation)
+        return self._patchers[key]
+
+
+def load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = None) -> PromptPairs:
+    from .plugin import _resolve_path
+
+    tokenizer = getattr(model, "tokenizer", None)
+    if source.endswith(".jsonl"):
+        path = _resolve_path(source, base)
+        if path is None:
+            raise PromptError(f"file not found (looked in {base} and {Path.cwd()})")
+        return PromptPairs.from_jsonl(path, tokenizer=tokenizer, prepend_bos=prepend_bos)
+    if source.startswith("toy:"):
+        check_spec(source)
+        pairs = importlib.import_module(f"pytest_circuits.toys.{source[4:]}").prompt_pairs()
+    else:
+        if ":" not in source:
+            raise PromptError("not a .jsonl path, pkg.mod:factory or toy:NAME")
+        factory = import_factory(source, what=None)
+        params = inspect.signature(factory).parameters
+        kwargs = {name: value for name, value in (("model", model), ("tokenizer", tokenizer)) if name in params}
+        pairs = factory(**kwargs)
+    if not isinstance(pairs, PromptPairs):
+        raise PromptError(f"the factory returned {type(pairs).__name__}, not PromptPairs")
+    return pairs
