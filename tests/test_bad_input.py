@@ -19,6 +19,7 @@ from pytest_circuits import (
     Circuit,
     CircuitError,
     MetricError,
+    Patcher,
     PatchingError,
     PromptError,
     PromptPairs,
@@ -104,6 +105,7 @@ def test_a_prompt_longer_than_the_models_context(model):
     message = f"prompt 0: {n_ctx + 1} tokens, more than the model's context of {n_ctx} tokens; shorten the prompt"
     fails(PromptError, message, lambda: long.encode(d_vocab=16, n_ctx=n_ctx))
     long.encode(d_vocab=16)  # without a context length nothing is checked
+    fails(PromptError, message, lambda: Patcher(model, long))  # the engine passes the model's context
 
 
 @pytest.mark.parametrize(
