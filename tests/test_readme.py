@@ -1,0 +1,40 @@
+"""The README's commands, run verbatim: the README cannot drift from the code.
+
+The two set-up commands at the top are what `.ci/run` runs; this runs the checkpoint showcase (the
+bash block after the first claim) in a copy of the examples, as a new user would from the
+repository root, and checks what the README says happens.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def showcase_commands() -> list:
+    """The bash block that saves the damaged checkpoint and runs the examples on both."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    block = next(b for b in blocks if "save_checkpoint" in b)
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_checkpoint_showcase_runs_as_written(tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    snapshots = {p: p.read_bytes() for p in (tmp_path / "examples").rglob("__snapshots__/**/*.txt")}
+    save, run = showcase_commands()
+    assert run.startswith("pytest ")
+    subprocess.run(save, shell=True, cwd=tmp_path, check=True, capture_output=True)
+    # `pytest` as the README writes it, from the same interpreter as this test
+    done = subprocess.run(
+        f"{sys.executable} -m {run} -p no:cacheprovider", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    out = done.stdout
+    assert done.returncode == 1, out[-3000:]  # the damaged claims fail; nothing errors
+    summary = out.strip().splitlines()[-1]
+    assert " error" not in summary and re.search(r"\d+ failed, \d+ passed", summary), summary
+    assert "[damaged]" in out and "FAILED examples/test_induction_circuit.py::test_previous_token_head_is_necessary[damaged]" in out
+    assert "damage: 0.855414 →" in out  # each failure lists the snapshot numbers that moved, as the README says
+    assert {p: p.read_bytes() for p in snapshots} == snapshots  # the snapshot files stay as they were
