@@ -491,3 +491,17 @@ def test_minimality_and_pareto(family):
     curve = pareto(model, pairs, list(nodes))
     for size, recovered in zip(curve.sizes, curve.recovered):
         assert close(recovered, circuit_only(list(nodes)[:size]), "float32"), size
+
+
+@pytest.mark.parametrize("family", EDGE_FAMILIES)
+def test_eap_ig_on_every_family_that_has_edges(family):
+    """EAP-IG is plain attribution at one step, and its input edges add up to the whole effect as
+    the steps grow (integrated gradients along the input path), on every family with edges."""
+    model, pairs, _ = setup(family, "float64")
+    plain = attribute(model, pairs, "heads")
+    assert torch.allclose(attribute(model, pairs, "heads", method="eap-ig", steps=1).scores, plain.scores, atol=1e-12)
+    totals = []
+    for steps in (8, 256):
+        scores = attribute(model, pairs, "edges", method="eap-ig", steps=steps)
+        totals.append(sum(float(s) for e, s in zip(scores.edges, scores.scores) if e.sender.kind == "embed"))
+    assert abs(totals[1] - 1) < abs(totals[0] - 1) and totals[1] == pytest.approx(1.0, abs=0.05), totals
