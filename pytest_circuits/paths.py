@@ -156,6 +156,8 @@ class EdgePatcher:
         """One forward on ``tokens`` where each (source, masks) entry's edges read that source."""
         entries = [(self.sender_writes(source), masks) for source, masks in plan if masks.masks]
         groups = {group for _, masks in entries for group, mask in masks.masks.items() if bool(mask.any())}
+        if any(kind == "neurons" for kind, _ in groups):
+            self.backend.check_neuron_receivers()  # a neuron computes from its own input: verified first
         pairs = self.patcher.pairs
         writes = entries[0][0] if entries else self.sender_writes("clean")
         current = torch.zeros((self.index.size, *pairs.clean.shape, writes.shape[-1]), dtype=writes.dtype, device=writes.device)

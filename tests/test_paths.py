@@ -190,3 +190,19 @@ def test_edge_circuits_on_models_without_receiver_hooks_are_refused():
     patcher.denoise("L1H0")  # nodes still work
     with pytest.raises(BackendError, match="cannot be path patched .*per-receiver input hooks"):
         patcher.denoise("L0H0 -> L1H0.q")
+
+
+def test_neuron_receivers_are_refused_when_the_model_does_not_confirm_them(monkeypatch):
+    """A neuron receiver recomputes that neuron from its own input; where the probe could not
+    confirm that recomputation, the edge is refused instead of patched with a wrong number."""
+    from pytest_circuits import BackendError, Patcher
+    from random_models import random_gpt2, random_pairs
+
+    patcher = Patcher(random_gpt2(seed=4), random_pairs())
+    backend = patcher.backend
+    backend.check_edges()
+    assert patcher.denoise("L0 -> L1N5").n_prompts == 6  # confirmed on GPT-2
+    monkeypatch.setattr(backend, "_neuron_problem", "its MLP layout is not known")
+    with pytest.raises(BackendError, match="edges into single neurons .* not supported: its MLP layout is not known"):
+        patcher.denoise("L0 -> L1N5")
+    assert patcher.denoise("L0 -> MLP1").n_prompts == 6  # a whole MLP still works

@@ -26,7 +26,8 @@ class Site:
     """``embed`` (the embedding's write), ``head`` (per-head outputs of a layer), ``mlp`` (an MLP's
     output) or ``neuron`` (an MLP's per-neuron activations, each scaling one output direction);
     for path patching also the receiver inputs ``q_input``/``k_input``/``v_input`` ([b, p, head, d]),
-    ``mlp_in``, ``mlp_pre`` (per-neuron pre-activations) and ``resid_final`` (what the unembedding reads)."""
+    ``mlp_in`` and ``resid_final`` (what the unembedding reads); for sweeps ``resid_pre`` and
+    ``resid_post`` (the stream entering and leaving a layer)."""
 
     kind: str
     layer: int = 0
@@ -68,6 +69,11 @@ class Backend(Protocol):
         """``[batch, pos, head, d_model]``: each head's write from its ``head`` site values."""
         ...
 
-    def mlp_preacts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """The MLP's pre-activations ``[..., d_mlp]`` for residual input ``x`` ``[..., d_model]``."""
+    def check_neuron_receivers(self) -> None:
+        """Raise BackendError unless ``neuron_acts`` reproduces the model's own neuron activations."""
+        ...
+
+    def neuron_acts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The MLP's neuron activations ``[..., d_mlp]`` (its ``neuron`` site) for residual input
+        ``x`` ``[..., d_model]``, computed outside the forward so one neuron can read its own input."""
         ...
