@@ -122,7 +122,7 @@ def completeness(
 
     def gap_of(subset: frozenset) -> float:
         if subset not in cache:
-            in_circuit = patcher.circuit_only(build([u for u in units if u not in subset]), metric=metric).score
+            in_circuit = own.score if not subset else patcher.circuit_only(build([u for u in units if u not in subset]), metric=metric).score
             in_model = patcher.circuit_only(build([u for u in everything if u not in subset]), metric=metric).score
             cache[subset] = (in_circuit, in_model)
         in_circuit, in_model = cache[subset]
