@@ -1,17 +1,20 @@
 """Exact component sweeps: patch every head, MLP, neuron or residual position, one at a time.
 
-The values are exactly those of patching one component at a time. Every model takes the plain
-path: each patched configuration is one full forward of the model (as many as fit a memory budget
-run as one batch), with the patch applied at the component's own hook. Where the backend proves on
-the model itself that a shortcut reproduces the plain forward (``resumes_suffix``: GPT-2-style
-blocks), the work is only what patching requires:
+The values are exactly those of patching one component at a time: each patched configuration is a
+forward of the model with the patch at the component's own hook, and as many configurations as fit
+a memory budget run as one batch. Three ways to run them, each taken only where the backend proved
+on the model itself (a probe forward, once) that it reproduces the plain forward:
 
-* a patched run resumes at the patched layer from the cached residual stream (earlier layers
-  equal the unpatched run); an MLP or neuron patch resumes one layer later still, since its write
-  is simply added to the cached stream;
-* many patched configurations run as one batch, as many as fit a memory budget;
-* only the logits the metric reads are computed: for ``logit_diff``, the answer columns of the
-  unembedding at each prompt's answer position.
+* **resume** (any architecture whose probe passes: ``resumes_layers``): layers before the patched
+  one equal the base run, so a patched run starts at the patched layer from the cached residual
+  stream, the blocks getting what the model's own forward gave them (rotary tables, masks, alibi);
+  it stops at the final stream, and only the logits the metric reads are computed (for
+  ``logit_diff``, the answer columns of the unembedding at each prompt's answer position);
+* **suffix** (GPT-2-style blocks: ``resumes_suffix``): as resume, and positions before the first
+  one a patch can change are not recomputed either (their keys and values come from the cached
+  stream; causality); an MLP or neuron patch resumes one layer later still, since its write is
+  simply added to the cached stream;
+* **plain** (everything else): the whole forward, every logit.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class SweepResult:
 
     def label(self, index: Tuple[int, ...]) -> str:
         if self.over == "heads":
-            return f"L{index[0]}H{index[1]}"
+            return f"L{index[0]}H{index[1]}" if len(index) == 2 else f"L{index[0]}H{index[2]}@{index[1]}"
         if self.over == "neurons":
             return f"L{index[0]}N{index[1]}"
         if self.over == "mlps":
@@ -104,7 +107,9 @@ def sweep(
     corruption: Optional[str] = None,
 ) -> SweepResult:
     """Patch every component of kind ``over`` alone and score it (see ``Sweeper``), under the
-    pairs' first corrupt set unless ``corruption`` names another."""
+    pairs' first corrupt set unless ``corruption`` names another. ``per_position`` patches each
+    component at one position at a time: heads give a ``[layer, pos, head]`` grid, MLPs
+    ``[layer, pos]``; residual sweeps are always per position."""
     patcher = cached_patcher(model, pairs, ablation, corruption)
     return Sweeper(patcher, budget_bytes).sweep(over, mode, metric=metric, per_position=per_position, progress=progress)
 
@@ -119,6 +124,8 @@ class Sweeper:
         self.pairs = patcher.pairs
         self.budget = budget_bytes
         self._fast = bool(getattr(self.backend, "resumes_suffix", False))
+        self._resumes = not self._fast and bool(getattr(self.backend, "resumes_layers", False))
+        self._block_inputs: dict = {}
 
     def sweep(self, over="heads", mode="denoise", *, metric="logit_diff", per_position=False, progress=False) -> SweepResult:
         if not isinstance(over, str) or over not in OVER:
@@ -130,6 +137,8 @@ class Sweeper:
                 f"a denoise sweep patches clean values into the corrupt prompts' run; ablation {self.patcher.ablation!r} "
                 "applies to noise sweeps (mode='noise')"
             )
+        if per_position and over == "neurons":
+            raise ArgumentError("per_position=True is for heads, mlps and resid: a neuron sweep patches each neuron at every position")
         if over in ("mlps", "neurons") and not self.shape.d_mlp:
             raise PatchingError(f"the model has no MLPs to sweep over {over}")
         metric = get_metric(metric)
@@ -148,6 +157,9 @@ class Sweeper:
                     values[chunk] = unpatched  # the patched values equal the base run's
                 elif self._fast:
                     final = self._run_chunk(over, layer, configs, base, source, metric.at_answer)
+                    values[chunk] = self._metric(metric, self._unembed(metric, final)).cpu()
+                elif self._resumes and self._inputs(base) is not None:
+                    final = self._run_chunk_resumed(over, layer, configs, base, source)
                     values[chunk] = self._metric(metric, self._unembed(metric, final)).cpu()
                 else:
                     values[chunk] = self._metric(metric, self._run_chunk_plain(over, layer, configs, base, source)).cpu()
@@ -172,6 +184,8 @@ class Sweeper:
     # -- what to patch -------------------------------------------------------------------------
     def _grid(self, over: str, per_position: bool):
         seq = self.pairs.seq_len
+        if over == "heads" and per_position:  # as TransformerLens's ``get_act_patch_attn_head_out_by_pos``
+            return (self.shape.n_layers, seq, self.shape.n_heads), ("layer", "pos", "head")
         if over == "heads":
             return (self.shape.n_layers, self.shape.n_heads), ("layer", "head")
         if over == "neurons":
@@ -185,7 +199,9 @@ class Sweeper:
         shape, _ = self._grid(over, per_position)
         jobs = []
         for layer in range(self.shape.n_layers):
-            if over in ("heads", "neurons"):
+            if len(shape) == 3:
+                jobs += [(layer, (c, p)) for p in range(shape[1]) for c in range(shape[2])]
+            elif over in ("heads", "neurons"):
                 jobs += [(layer, (c, None)) for c in range(shape[1])]
             elif len(shape) == 1:
                 jobs.append((layer, (0, None)))
@@ -211,7 +227,7 @@ class Sweeper:
         b, p = self.pairs.clean.shape
         d = self._width()
         per_token = 12 * d + 3 * max(self.shape.d_mlp, 1) + 3 * self.shape.n_heads * p
-        if not self._fast:
+        if not (self._fast or self._resumes):
             per_token += 2 * self.shape.d_vocab  # the plain path computes every logit
         return 4 * b * p * per_token
 
@@ -232,20 +248,46 @@ class Sweeper:
     def _run_chunk_plain(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
         """Logits ``[k*b, pos, vocab]`` of the chunk's patched runs, each a full forward of the base
         prompts with one component (at one position, per position) carrying its source value."""
+        tokens = self._tokens(base).repeat(len(configs), 1)
+        logits, _ = self.backend.run(tokens, patches=dict([self._chunk_patch(over, layer, configs, source)]))
+        return logits
+
+    def _run_chunk_resumed(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
+        """Final residual streams ``[k*b, pos, d]`` of the same patched runs as the plain path,
+        resumed at ``layer`` from the base run's stream entering it."""
+        stream = self._stream(base, layer).repeat(len(configs), 1, 1)
+        patches = dict([self._chunk_patch(over, layer, configs, source)])
+        return self.backend.run_from(layer, stream, self._inputs(base), patches)
+
+    def _inputs(self, base: str):
+        """What the blocks receive in the base run besides the stream (None: not understood, so the
+        chunk takes the plain path)."""
+        if base not in self._block_inputs:
+            self._block_inputs[base] = self.backend.block_inputs(self._tokens(base))
+        return self._block_inputs[base]
+
+    def _tokens(self, base: str) -> torch.Tensor:
+        return self.pairs.corrupt if base == "corrupt" else self.pairs.clean
+
+    def _chunk_patch(self, over: str, layer: int, configs, source: str):
+        """(site, patch) putting each configuration's component (at its position, per position)
+        at its source value, on ``k`` stacked copies of the base prompts."""
         k = len(configs)
         b, p = self.pairs.clean.shape
         kind = {"heads": "head", "neurons": "neuron", "mlps": "mlp", "resid": "resid_pre"}[over]
         site = Site(kind, layer)
         src = self._values(source, [site])[site]
-        tokens = (self.pairs.corrupt if base == "corrupt" else self.pairs.clean).repeat(k, 1)
         if over in ("heads", "neurons"):
             index = torch.tensor([c for c, _ in configs], device=src.device)
+            positions = self._position_masks(configs)  # per-position head sweeps: [k, b, p]
 
             def patch(act):
-                act = act.clone().view(k, b, *act.shape[1:])
-                moved = src[:, :, index].movedim(2, 0).to(act.dtype)  # [k, b, p, ...]
-                act[torch.arange(k), :, :, index] = moved
-                return act.view(k * b, *act.shape[2:])
+                act = act.view(k, b, *act.shape[1:])
+                patched = act.clone()
+                patched[torch.arange(k), :, :, index] = src[:, :, index].movedim(2, 0).to(act.dtype)  # [k, b, p, ...]
+                if positions is not None:
+                    patched = torch.where(positions.view(k, b, p, *[1] * (act.ndim - 3)), patched, act)
+                return patched.view(k * b, *act.shape[2:])
 
         else:
             positions = self._position_masks(configs)
@@ -255,8 +297,7 @@ class Sweeper:
                 values = src.repeat(k, 1, 1).to(act.dtype)
                 return values if where is None else torch.where(where, values, act)
 
-        logits, _ = self.backend.run(tokens, patches={site: patch})
-        return logits
+        return site, patch
 
     def _run_chunk(self, over: str, layer: int, configs, base: str, source: str, answers: bool) -> torch.Tensor:
         """Final residual streams ``[k*b, pos, d]`` of the chunk's patched runs (``[k*b, d]`` at the
@@ -269,10 +310,15 @@ class Sweeper:
             heads = torch.tensor([c for c, _ in configs], device=self.pairs.clean.device)
             src = self._values(source, [Site("head", layer)])[Site("head", layer)][:, start:]
 
+            mask = None if positions is None else positions[:, :, start:, None, None]  # per-position head sweeps
+
             def patch(z):
-                z = z.clone().view(k, b, *z.shape[1:])
-                z[torch.arange(k), :, :, heads] = src[:, :, heads].permute(2, 0, 1, 3).to(z.dtype)
-                return z.view(k * b, *z.shape[2:])
+                z = z.view(k, b, *z.shape[1:])
+                patched = z.clone()
+                patched[torch.arange(k), :, :, heads] = src[:, :, heads].permute(2, 0, 1, 3).to(z.dtype)
+                if mask is not None:
+                    patched = torch.where(mask, patched, z)
+                return patched.view(k * b, *z.shape[2:])
 
             return self._resume(base, layer, self._stream(base, layer)[None].expand(k, -1, -1, -1), start, answers, patch)
         if over == "resid":

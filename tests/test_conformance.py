@@ -258,6 +258,7 @@ def test_the_mlp_width_is_the_models_own(family, dtype):
 # -- sweeps: every over=, both modes, every metric -------------------------------------------------
 SWEEPS = [
     ("heads", False, "logit_diff"),
+    ("heads", True, "logit_diff"),
     ("heads", False, "kl"),
     ("heads", False, "prob"),
     ("mlps", False, "logit_diff"),
@@ -272,15 +273,50 @@ def sweep_key(over: str, layer: int, index: int):
     return (kind, layer)
 
 
+def with_paths(params):
+    """Each sweep on the path the model's probe chooses; in float32 with ``logit_diff`` also forced
+    onto the plain path, and on GPT-2 (whose probe chooses the suffix path) onto the resume path,
+    so every path is checked against the reference."""
+    out = []
+    for param in params:
+        family, dtype, over, per_position, metric = param.values
+        paths = ["probed"]
+        if dtype == "float32" and metric == "logit_diff":
+            paths += ["plain"] + (["resume"] if family == "gpt2" else [])
+        out += [pytest.param(*param.values, path, id=f"{param.id}-{path}") for path in paths]
+    return out
+
+
+# which path each family's probe chooses: the GPT-2-only suffix path, else resuming at the layer
+PROBED = {family: "suffix" if family == "gpt2" else "resume" for family in ALL_FAMILIES}
+
+
+def force_path(backend, path: str) -> None:
+    if path in ("plain", "resume"):
+        backend._suffix_checked = False
+    if path == "plain":
+        backend._resume_checked = False
+
+
+def taken_path(sweeper) -> str:
+    return "suffix" if sweeper._fast else "resume" if sweeper._resumes else "plain"
+
+
 @pytest.mark.parametrize(
-    "family, dtype, over, per_position, metric",
-    grid(SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS], lambda item: item[0] in ("mlps", "neurons")),
+    "family, dtype, over, per_position, metric, path",
+    with_paths(grid(SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS], lambda item: item[0] in ("mlps", "neurons"))),
 )
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
-def test_sweeps(family, dtype, over, per_position, metric, mode):
+def test_sweeps(family, dtype, over, per_position, metric, path, mode):
     model, pairs, reference = setup(family, dtype)
     patcher = Patcher(model, pairs)
-    result = Sweeper(patcher, budget_bytes=2_000_000).sweep(over, mode, metric=metric, per_position=per_position)
+    force_path(patcher.backend, path)
+    try:
+        sweeper = Sweeper(patcher, budget_bytes=2_000_000)
+        assert taken_path(sweeper) == (PROBED[family] if path == "probed" else path)
+        result = sweeper.sweep(over, mode, metric=metric, per_position=per_position)
+    finally:  # the backend may be shared with later tests: let its probes decide again
+        patcher.backend._suffix_checked = patcher.backend._resume_checked = None
     base, source = ("corrupt", "clean") if mode == "denoise" else ("clean", "corrupt")
     grid = result.patched
     if over == "neurons":
@@ -289,7 +325,9 @@ def test_sweeps(family, dtype, over, per_position, metric, mode):
         coords = [tuple(int(i) for i in index) for index in torch.cartesian_prod(*[torch.arange(n) for n in grid.shape]).reshape(-1, grid.ndim)]
     for coord in coords:
         layer = coord[0]
-        if over in ("heads", "neurons"):
+        if over == "heads" and per_position:  # (layer, pos, head)
+            chooser = lambda i, length, c=coord: {sweep_key(over, layer, c[2]): [(c[2], [c[1]])]} if c[1] < length else {}  # noqa: E731
+        elif over in ("heads", "neurons"):
             chooser = lambda i, length, c=coord: {sweep_key(over, layer, c[1]): [(c[1], None)]}  # noqa: E731
         elif per_position:
             chooser = lambda i, length, c=coord: {sweep_key(over, layer, 0): [(None, [c[1]])]} if c[1] < length else {}  # noqa: E731
@@ -301,10 +339,12 @@ def test_sweeps(family, dtype, over, per_position, metric, mode):
 
 @pytest.mark.parametrize("family, dtype", cases(mlps=False))
 def test_the_sweep_fast_path_is_taken_only_where_proven(family, dtype):
-    """The shortcut that resumes a run at the patched layer is enabled only after the model
-    showed it reproduces its own forward; on this suite that is GPT-2 alone."""
+    """The shortcuts are enabled only after the model showed they reproduce its own forward: on
+    this suite the suffix path on GPT-2 alone, resuming at the patched layer on every family."""
     model, pairs, _ = setup(family, dtype)
-    assert Patcher(model, pairs).backend.resumes_suffix == (family == "gpt2")
+    backend = Patcher(model, pairs).backend
+    assert backend.resumes_suffix == (family == "gpt2")
+    assert backend.resumes_layers
 
 
 # -- edges ------------------------------------------------------------------------------------------

@@ -108,12 +108,12 @@ def test_the_mlp_width_is_the_models_own(hooked, family, dtype):
 
 
 @pytest.mark.parametrize(
-    "family, dtype, over, per_position, metric",
-    families_grid(conf.SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in conf.SWEEPS]),
+    "family, dtype, over, per_position, metric, path",
+    conf.with_paths(families_grid(conf.SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in conf.SWEEPS])),
 )
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
-def test_sweeps(hooked, family, dtype, over, per_position, metric, mode):
-    hooked.test_sweeps(family, dtype, over, per_position, metric, mode)
+def test_sweeps(hooked, family, dtype, over, per_position, metric, path, mode):
+    hooked.test_sweeps(family, dtype, over, per_position, metric, path, mode)
 
 
 @pytest.mark.parametrize("family, dtype", cases())

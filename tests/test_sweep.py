@@ -124,6 +124,61 @@ def test_the_suffix_fast_path_equals_running_the_blocks():
         torch.testing.assert_close(rows, full[torch.arange(4), 4 + read], atol=1e-4, rtol=1e-5)
 
 
+def test_resuming_is_refused_when_its_probe_disagrees(monkeypatch):
+    """A resumed forward that drifts from the model's own (here by 1%) never reaches a sweep: the
+    probe refuses it and the sweep takes the plain path, with the exact values."""
+    from pytest_circuits.backends.transformer_lens import TransformerLensBackend
+
+    model = random_gpt2(seed=4, n_layer=2)
+    pairs = random_pairs(n=3, seq=6)
+    honest = TransformerLensBackend.run_from
+    monkeypatch.setattr(TransformerLensBackend, "run_from", lambda self, *a, **k: honest(self, *a, **k) * 1.01)
+    patcher = Patcher(model, pairs)
+    patcher.backend._suffix_checked = False  # GPT-2's own suffix path aside
+    sweeper = Sweeper(patcher)
+    assert not sweeper._resumes
+    result = sweeper.sweep("heads", "denoise")
+    assert float(result.scores[1, 2]) == pytest.approx(patcher.denoise("L1H2").score, abs=1e-5)
+
+
+def test_block_inputs_carry_over_only_what_they_understand():
+    """What a block receives besides the stream: tensors that grow with the batch are repeated per
+    copy, shared ones kept, caches dropped; anything else, or a batch that is not the outermost
+    factor, makes the capture give up (so the sweep takes the plain path)."""
+    from pytest_circuits.backends.resume import capture_block_inputs
+
+    class Cache:  # a key/value cache a resumed block must not write into
+        pass
+
+    class Block(torch.nn.Module):
+        def forward(self, x, mask=None, table=None, cache=None, extra=None):
+            return x
+
+    def model(make_extra):
+        blocks = [Block(), Block()]
+
+        def forward(tokens):
+            b, p = tokens.shape
+            x = tokens[..., None].float()
+            for block in blocks:
+                x = block(x, mask=tokens[:, None, :] > 5, table=torch.arange(p)[None], cache=Cache(), extra=make_extra(tokens))
+            return x
+
+        return blocks, forward
+
+    tokens = torch.tensor([[1, 7, 3], [9, 2, 8]])
+    blocks, forward = model(lambda t: None)
+    inputs = capture_block_inputs(blocks, forward, tokens)
+    stream = torch.zeros(6, 3, 1)  # three copies of the two prompts
+    args, kwargs = inputs.call(1, stream)
+    assert args[0] is stream and kwargs["cache"] is None
+    assert torch.equal(kwargs["mask"], (tokens[:, None, :] > 5).repeat(3, 1, 1))
+    assert torch.equal(kwargs["table"], torch.arange(3)[None])
+    head_major = lambda t: t.T.reshape(-1)  # [p * b]: the batch is the inner factor  # noqa: E731
+    assert capture_block_inputs(*model(head_major), tokens) is None
+    assert capture_block_inputs(*model(lambda t: object()), tokens) is None
+
+
 def test_sweeps_on_models_without_the_fast_path_run_the_whole_model():
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge

@@ -23,6 +23,7 @@ import torch
 
 from ..circuit import ModelShape
 from .base import BackendError, Patch, Site
+from .resume import BlockInputs, capture_block_inputs
 
 HOOKS = {
     "embed": "blocks.0.hook_resid_pre",
@@ -139,6 +140,7 @@ class TransformerLensBackend:
         self._edge_problem: Optional[str] = None
         self._neuron_problem: Optional[str] = None
         self._suffix_checked: Optional[bool] = None
+        self._resume_checked: Optional[bool] = None
 
     def _check_hooks(self, mlps: bool) -> None:
         available = set(self.model.hook_dict)
@@ -490,6 +492,79 @@ class TransformerLensBackend:
         act = mlp._original_component.act if _wrapped(mlp) is not None else mlp.act_fn
         return x + act(ln2(x) @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
 
+    # -- sweeps on any architecture: resume at the patched layer --------------------------------
+    @property
+    def resumes_layers(self) -> bool:
+        """Whether ``run_from`` may stand in for the plain forward in sweeps: proven on this model
+        once, on two different prompts as two copies, that resuming at every layer, with a head, an
+        MLP and a residual patch at that layer, reproduces the plain forward's final stream, and that
+        ``unembed`` of that stream reproduces its logits. Any other model takes the plain path."""
+        if self._resume_checked is None:
+            try:
+                self._resume_checked = self._resuming_reproduces_forward()
+            except Exception:  # noqa: BLE001 - a model the shortcut does not understand takes the plain path
+                self._resume_checked = False
+        return self._resume_checked
+
+    def block_inputs(self, tokens: torch.Tensor) -> Optional[BlockInputs]:
+        """What every block receives besides the stream in a forward over ``tokens`` (see ``resume``)."""
+        return capture_block_inputs(list(self.model.blocks), lambda t: self.model(t), tokens.to(self.device))
+
+    def run_from(
+        self, layer: int, stream: torch.Tensor, inputs: BlockInputs, patches: Optional[Mapping[Site, Patch]] = None
+    ) -> torch.Tensor:
+        """The final residual stream ``[n, pos, d]`` of a forward resumed at ``layer`` from ``stream``
+        (``[copies * b, pos, d]``: the stream entering ``layer``, copies of the prompts ``inputs``
+        was captured on), with ``patches`` at their own hooks as in ``run``."""
+        hooks = [(self.hook_name(site), lambda act, hook, patch=patch: patch(act)) for site, patch in (patches or {}).items()]
+        x = stream.to(self.device)
+        with self.model.hooks(fwd_hooks=hooks), torch.no_grad():
+            for index in range(layer, self.shape.n_layers):
+                args, kwargs = inputs.call(index, x)
+                out = self.model.blocks[index](*args, **kwargs)
+                x = out[0] if isinstance(out, (tuple, list)) else out
+        return x
+
+    def _resuming_reproduces_forward(self) -> bool:
+        one = self._probe_tokens()
+        tokens = torch.cat([one, (one * 3 + 1) % self.shape.d_vocab])  # two different prompts
+        inputs = self.block_inputs(tokens)
+        if inputs is None:
+            return False
+        n = self.shape.n_layers
+        sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
+        logits, acts = self.run(tokens, capture=sites)
+        if not _close(self.unembed(acts[Site("resid_final")]), logits):
+            return False
+        doubled = tokens.repeat(2, 1)
+        for layer in range(n):
+            patches = self._probe_patches(layer, rows=tokens.shape[0])
+            _, plain = self.run(doubled, patches=patches, capture=[Site("resid_final")])
+            stream = acts[Site("resid_pre", layer)].repeat(2, 1, 1)
+            if not _close(self.run_from(layer, stream, inputs, patches), plain[Site("resid_final")]):
+                return False
+        return True
+
+    def _probe_patches(self, layer: int, rows: int) -> Dict[Site, Patch]:
+        """Patches that change only the first copy (its first ``rows`` rows): a residual stream, one
+        head's output and the MLP's output, so the probe sees each hook fire where it should."""
+
+        def scale(factor, head=None):
+            def patch(act):
+                act = act.clone()
+                if head is None:
+                    act[:rows] = act[:rows] * factor
+                else:
+                    act[:rows, :, head] = act[:rows, :, head] * factor
+                return act
+
+            return patch
+
+        patches = {Site("resid_pre", layer): scale(0.9), Site("head", layer): scale(0.0, head=0)}
+        if self.shape.d_mlp:
+            patches[Site("mlp", layer)] = scale(0.5)
+        return patches
+
     def unembed(self, resid: torch.Tensor, columns: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits from final residual vectors ``[..., d]``: all of them, or only ``columns`` (token ids)."""
         final = getattr(self.model, "ln_final", None)  # a HookedTransformer without norms has none
@@ -497,7 +572,9 @@ class TransformerLensBackend:
         W_U, b_U = self.model.unembed.W_U.detach(), self.model.unembed.b_U.detach()
         if columns is not None:
             W_U, b_U = W_U[:, columns], b_U[columns]
-        return normed @ W_U.to(normed.dtype) + b_U.to(normed.dtype)
+        logits = normed @ W_U.to(normed.dtype) + b_U.to(normed.dtype)
+        cap = float(getattr(self.model.cfg, "output_logits_soft_cap", -1.0) or -1.0)  # Gemma-2's final soft-cap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
     def neuron_directions(self, layer: int, neurons: torch.Tensor) -> torch.Tensor:
         """``[n, d]``: what one unit of each neuron's activation writes to the residual stream."""
