@@ -85,16 +85,12 @@ class FaithfulnessCurve:
         lines += [f"cpr: {self.cpr:.6g}", f"cmd: {self.cmd:.6g}"]
         return "\n".join(lines) + "\n"
 
+    def curve_points(self) -> dict:
+        """The curve itself, for the JSON report: each budget, how many items it kept, f there."""
+        return {"budgets": list(self.budgets), "sizes": list(self.sizes), "faithfulness": list(self.faithfulness), "ranked": len(self.ranking)}
+
     def to_dict(self) -> dict:
-        return {
-            "kind": "faithfulness_curve",
-            "budgets": list(self.budgets),
-            "sizes": list(self.sizes),
-            "faithfulness": list(self.faithfulness),
-            "cpr": self.cpr,
-            "cmd": self.cmd,
-            "ranked": len(self.ranking),
-        }
+        return {"kind": "faithfulness_curve", **self.curve_points(), "cpr": self.cpr, "cmd": self.cmd}
 
     def summary(self) -> str:
         points = ", ".join(f"{budget:.1%}: {fixed(f, 3)}" for budget, f in zip(self.budgets, self.faithfulness))

@@ -38,6 +38,7 @@ class ClaimRow:
     corrupt: float
     patched: float
     n_prompts: int
+    curve: Optional[dict] = None  # a faithfulness curve's points (budgets, sizes, f), not only its area
 
     @classmethod
     def of(cls, claim: Claim, test: str, checkpoint: Optional[str], model: Optional[str]) -> "ClaimRow":
@@ -62,6 +63,7 @@ class ClaimRow:
             corrupt=result.corrupt,
             patched=result.patched,
             n_prompts=result.n_prompts,
+            curve=result.curve_points() if hasattr(result, "curve_points") else None,
         )
 
 

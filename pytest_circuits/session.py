@@ -90,7 +90,8 @@ class CircuitSession:
 
     def attribute(self, over: str = "heads", mode: str = "denoise", *, metric=None, ablation=None, corruption=None, method="eap", steps=30):
         """First-order estimates of every component's score (``pytest_circuits.attribution``);
-        ``method="eap-ig"`` integrates the gradient along the corrupt-to-clean input path."""
+        ``method="eap-ig"`` integrates the gradient along the corrupt-to-clean input path,
+        ``"eap-ig-activations"`` along each component's own activation path."""
         from .attribution import Attributor
 
         return Attributor(self.patcher(ablation, corruption)).attribute(over, mode, metric=metric or self.metric, method=method, steps=steps)

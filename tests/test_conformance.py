@@ -545,3 +545,22 @@ def test_eap_ig_on_every_family_that_has_edges(family):
         scores = attribute(model, pairs, "edges", method="eap-ig", steps=steps)
         totals.append(sum(float(s) for e, s in zip(scores.edges, scores.scores) if e.sender.kind == "embed"))
     assert abs(totals[1] - 1) < abs(totals[0] - 1) and totals[1] == pytest.approx(1.0, abs=0.05), totals
+
+
+@pytest.mark.parametrize("family", EDGE_FAMILIES)
+def test_activation_path_eap_ig_on_every_family_that_has_edges(family):
+    """EAP-IG along each component's own activation path: one step is plain attribution (edges and
+    nodes), and an MLP's score tends to the exact effect of patching it as the steps grow (it is
+    integrated gradients of that MLP's output, everything after it recomputed)."""
+    model, pairs, _ = setup(family, "float64")
+    patcher = Patcher(model, pairs)
+    plain = attribute(model, pairs, "edges")
+    one = attribute(model, pairs, "edges", method="eap-ig-activations", steps=1)
+    assert torch.allclose(one.scores, plain.scores, atol=1e-9)
+    exact = [patcher.denoise(f"MLP{layer}").score for layer in range(patcher.shape.n_layers)]
+    errors = []
+    for steps in (2, 32):
+        scores = attribute(model, pairs, "mlps", method="eap-ig-activations", steps=steps).scores
+        errors.append(max(abs(float(s) - e) for s, e in zip(scores, exact)))
+    # left Riemann sums: the error shrinks about as 1 / steps (measured: 1.60 -> 0.16 on mistral)
+    assert errors[1] < errors[0] / 4 and errors[1] < 0.05 * max(1.0, max(map(abs, exact))), (errors, exact)

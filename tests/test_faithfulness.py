@@ -93,3 +93,28 @@ def test_cpr_and_cmd_claims(toy):
     with pytest.raises(AssertionError, match=r"CPR .* is below the minimum 0.99"):
         assert_cpr(model, pairs, ranking, 0.99)
     assert assert_cmd(model, pairs, ranking, 0.5).score == pytest.approx(curve.cmd)
+
+
+CURVE_CLAIM = """
+def test_curve(circuits):
+    circuits.assert_cpr(["L0H0", "L0H1", "L0H2", "MLP0"], 0.1)
+"""
+
+
+def test_the_json_report_and_the_text_form_carry_the_curve_not_only_its_area(pytester, warm_imports):
+    import json
+
+    from pytest_circuits.toys import redundant
+
+    pytester.makepyfile(test_curve=CURVE_CLAIM)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--circuits-model", "toy:redundant", "--circuits-report", "report.json")
+    result.assert_outcomes(passed=1)
+    row = json.loads((pytester.path / "report.json").read_text())["claims"][0]
+    curve = faithfulness(redundant.load(), redundant.prompt_pairs(), ["L0H0", "L0H1", "L0H2", "MLP0"])
+    assert row["kind"] == "cpr" and row["score"] == pytest.approx(curve.cpr)
+    assert row["curve"]["budgets"] == list(MIB_BUDGETS) and row["curve"]["sizes"] == [0, 0, 0, 0, 0, 0, 0, 0, 2, 4]
+    assert row["curve"]["faithfulness"] == pytest.approx(list(curve.faithfulness), abs=1e-9) and row["curve"]["ranked"] == 4
+    assert row["curve"]["faithfulness"][-1] == pytest.approx(1.0, abs=1e-6)  # the whole ranking is the model
+    text = curve.to_text()
+    for budget, size, f in zip(curve.budgets, curve.sizes, curve.faithfulness):
+        assert f"f[{budget:.1%} = {size}]: {f:.6g}" in text
