@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -31,6 +32,7 @@ class SessionModels:
         self._failures: Dict[str, str] = {}
         self._prompts: Dict[tuple, PromptPairs] = {}
         self._patchers: Dict[tuple, Patcher] = {}
+        _share_cores(state.config)
 
     def model(self, spec: str):
         state = self.state
@@ -67,6 +69,20 @@ class SessionModels:
         if key not in self._patchers:
             self._patchers[key] = Patcher(model, pairs, ablation=ablation)
         return self._patchers[key]
+
+
+def _share_cores(config) -> None:
+    """On a pytest-xdist worker: torch's intra-op threads set to this worker's share of the cores.
+    Each process would otherwise start one thread per core, and N workers' threads spin against
+    each other (slower than one thread each). A thread count the user set (``OMP_NUM_THREADS``,
+    ``MKL_NUM_THREADS``, or ``torch.set_num_threads`` at or below the share) is kept."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers <= 1 or any(os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // workers)
+    if torch.get_num_threads() > share:
+        torch.set_num_threads(share)
 
 
 def load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = None) -> PromptPairs:

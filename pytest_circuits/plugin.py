@@ -29,6 +29,7 @@ from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
 from .report import ClaimRow, table, write_json
+from .xdist_groups import mark_groups, without_group
 from .snapshot import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -232,7 +233,7 @@ class CircuitsState:
         item = self.current_item
         if item is None:
             return  # measured outside a test (e.g. at import time): nothing to attribute it to
-        self._measured.append(ClaimRow.of(claim, item.nodeid, self.checkpoint_of(item), item.stash.get(MODEL_SPEC, None)))
+        self._measured.append(ClaimRow.of(claim, without_group(item.nodeid), self.checkpoint_of(item), item.stash.get(MODEL_SPEC, None)))
         self.config.hook.pytest_circuits_claim_measured(item=item, result=claim.result, claim=claim)
 
     def checkpoint_of(self, item) -> Optional[str]:
@@ -253,7 +254,7 @@ class CircuitsState:
             return
         from .html_report import render_figure
 
-        fragment = render_figure(result, label=self.current_item.nodeid)
+        fragment = render_figure(result, label=without_group(self.current_item.nodeid))
         self._drawn.append((fragment.section, fragment.html))
 
     def take_drawn(self) -> List[tuple]:
@@ -410,10 +411,35 @@ def pytest_generate_tests(metafunc):
     )
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker appends each test's group to its node id
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if "circuits" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.circuit)
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and (config.getoption("loadgroup", False) or workerinput.get("circuits_dist") == "loadgroup"):
+        config.option.loadgroup = True  # read next by xdist's worker, which then appends each test's group
+        state = config.stash[STATE]
+        mark_groups(items, state.model_spec, state.prompt_source, workers=int(workerinput.get("workercount", 1)))
+
+
+# -- pytest-xdist ----------------------------------------------------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config):
+    """``-n`` without ``--dist``: ``loadgroup``, so each (model, prompts) is loaded and run clean and
+    corrupt on as few workers as possible (``xdist_groups``). Runs before xdist's own hook, which
+    would turn the unchosen mode ("no") into ``load``; a mode the user chose is kept."""
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no" and not getattr(option, "distload", False):
+        option.dist = "loadgroup"
+    return (yield)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """On the xdist controller: each worker is told the mode chosen here (a worker parses the
+    command line again, where ``loadgroup`` chosen by ``pytest_cmdline_main`` is not written)."""
+    node.workerinput["circuits_dist"] = getattr(node.config.option, "dist", "no")
 
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)

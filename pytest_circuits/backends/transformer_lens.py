@@ -84,18 +84,23 @@ def _activation(block):
     raise BackendError("no activation function found on the MLP")
 
 
-def _one_device(model, name: str) -> torch.device:
-    """The device all of the model's weights are on (prompts are moved there); mixed or meta is an error."""
-    devices = {p.device for p in model.parameters()}
+def _devices(model, name: str) -> Tuple[torch.device, Tuple[torch.device, ...]]:
+    """Where prompts go in (the device of the first weight, the embedding's) and every device that
+    holds weights. A model split over several (accelerate's ``device_map``, TransformerLens's
+    ``n_devices``) moves its own stream between layers; ``run`` puts each patch on its site's
+    device. Weights on the meta device (not loaded, or offloaded to disk) are refused."""
+    devices: Dict[torch.device, None] = {}
+    for parameter in model.parameters():
+        devices.setdefault(parameter.device, None)
     if not devices:
-        return torch.device("cpu")
-    if len(devices) > 1:
-        listed = ", ".join(sorted(str(d) for d in devices))
-        raise BackendError(f"model {name!r} has weights on several devices ({listed}); move it to one, e.g. model.to('cuda')")
-    device = devices.pop()
-    if device.type == "meta":
-        raise BackendError(f"model {name!r} has its weights on the meta device (not loaded); load real weights before patching")
-    return device
+        return torch.device("cpu"), (torch.device("cpu"),)
+    if any(device.type == "meta" for device in devices):
+        raise BackendError(
+            f"model {name!r} has its weights on the meta device (not loaded); load real weights before patching, "
+            "on one device or split over several (a model offloaded to disk by accelerate keeps some there)"
+        )
+    every = tuple(devices)
+    return every[0], every
 
 
 def _align_config_dtype(model) -> None:
@@ -123,7 +128,7 @@ class TransformerLensBackend:
         self.architecture = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or type(model).__name__
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
-        self.device = _one_device(model, self.name)
+        self.device, self.devices = _devices(model, self.name)  # engine tensors live on self.device
         _align_config_dtype(model)
         self.shape = ModelShape(
             n_layers=cfg.n_layers,
@@ -206,6 +211,9 @@ class TransformerLensBackend:
         )
 
     def _find_edge_problem(self) -> Optional[str]:
+        if len(self.devices) > 1:
+            listed = ", ".join(str(device) for device in self.devices)
+            return f"its weights sit on several devices ({listed}), and senders' writes are computed outside the forward, on one"
         if not hasattr(self.model, "set_use_split_qkv_input"):
             return "it has no set_use_split_qkv_input switch"
         try:
@@ -373,8 +381,8 @@ class TransformerLensBackend:
         GPT-2-style (pre-LN, learned absolute positions, sequential attention then MLP), and, proven
         on this model once, resuming a probe prompt at every layer reproduces its final stream and
         its logits. Any other model takes the plain path."""
-        if self._suffix_checked is None:
-            self._suffix_checked = self._looks_gpt2_style() and self._suffix_reproduces_forward()
+        if self._suffix_checked is None:  # computed on one device: a split model takes the plain path
+            self._suffix_checked = len(self.devices) == 1 and self._looks_gpt2_style() and self._suffix_reproduces_forward()
         return self._suffix_checked
 
     def _looks_gpt2_style(self) -> bool:
@@ -578,7 +586,7 @@ class TransformerLensBackend:
 
     def neuron_directions(self, layer: int, neurons: torch.Tensor) -> torch.Tensor:
         """``[n, d]``: what one unit of each neuron's activation writes to the residual stream."""
-        return self.model.blocks[layer].mlp.W_out.detach()[neurons]
+        return self.model.blocks[layer].mlp.W_out.detach().to(self.device)[neurons]  # a split model's layer may sit elsewhere
 
     def run(
         self,
@@ -593,13 +601,22 @@ class TransformerLensBackend:
                 return self.run(tokens, patches, capture, grad=grad)
         captured: Dict[Site, torch.Tensor] = {}
         hooks = []
+        home = self.device
         for site, patch in (patches or {}).items():
-            hooks.append((self.hook_name(site), lambda act, hook, patch=patch: patch(act)))
+            hooks.append((self.hook_name(site), lambda act, hook, patch=patch: _patched_on(home, patch, act)))
         for site in capture:  # registered after the patches, so they see the value carried on
-            hooks.append((self.hook_name(site), lambda act, hook, site=site: captured.__setitem__(site, act.detach().clone())))
+            hooks.append((self.hook_name(site), lambda act, hook, site=site: captured.__setitem__(site, act.detach().to(home, copy=True))))
         with torch.enable_grad() if grad else torch.no_grad():
-            logits = self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
-        return logits, captured
+            logits = self.model.run_with_hooks(tokens.to(home), fwd_hooks=hooks)
+        return logits.to(home), captured
+
+
+def _patched_on(home: torch.device, patch, act: torch.Tensor) -> torch.Tensor:
+    """``patch(act)`` where the engine keeps its masks and cached values (``home``), the result put
+    back on the site's own device: a layer of a split model may sit elsewhere. One device: as is."""
+    if act.device == home:
+        return patch(act)
+    return patch(act.to(home)).to(act.device)
 
 
 # -- TransformerLens 2.x/3.x: a HookedTransformer from a loaded Hugging Face model ---------------

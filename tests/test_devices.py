@@ -1,0 +1,118 @@
+"""Models split over several devices (accelerate's ``device_map``, TransformerLens's ``n_devices``):
+each patch is computed where the engine keeps its tensors and put back on its site's device, and
+results come back to the first device.
+
+On a machine with one device (CPU here) only the bookkeeping runs: a dispatched model whose map
+names one device, and the refusals a split model gets. The split itself runs in the CUDA test,
+which needs two GPUs and is skipped without them.
+"""
+
+import pytest
+import torch
+from random_models import random_pairs
+
+from pytest_circuits import PromptPairs, Patcher
+from pytest_circuits.backends.base import BackendError
+from pytest_circuits.backends.transformer_lens import TransformerLensBackend
+from pytest_circuits.loading import bridge_from_hf
+from pytest_circuits.sweeps import Sweeper
+from pytest_circuits.toys import _gpt2
+
+SIZES = dict(n_layer=3, n_head=4, n_embd=32, n_positions=32, vocab_size=40, n_inner=64, initializer_range=0.3)
+
+
+def hf_gpt2(seed: int = 0):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(_gpt2.gpt2_config(**SIZES)).eval()
+
+
+def device_map(first: str, second: str) -> dict:
+    """Embeddings and layer 0 on ``first``; layers 1-2, the final norm and the unembedding on ``second``."""
+    return {
+        "transformer.wte": first, "transformer.wpe": first, "transformer.h.0": first,
+        "transformer.h.1": second, "transformer.h.2": second, "transformer.ln_f": second, "lm_head": second,
+    }
+
+
+def measurements(model, pairs: PromptPairs) -> dict:
+    patcher = Patcher(model, pairs)
+    sweeper = Sweeper(patcher)
+    return {
+        "denoise": patcher.denoise("L0H1 L2H3 MLP1").score,
+        "noise": patcher.noise("L1H0 L1N5").score,
+        "circuit_only": patcher.circuit_only("L0H1 L1H2 MLP2").score,
+        "heads": sweeper.sweep("heads", "denoise").scores,
+        "resid": sweeper.sweep("resid", "noise").scores,
+    }
+
+
+def assert_same(got: dict, expected: dict, atol: float) -> None:
+    for name, value in expected.items():
+        assert torch.allclose(torch.as_tensor(got[name]).cpu().float(), torch.as_tensor(value).cpu().float(), atol=atol), name
+
+
+def test_a_model_dispatched_with_a_device_map_measures_as_the_plain_model():
+    """accelerate's dispatch (hooks that move each layer's inputs, ``hf_device_map``) on one device:
+    the numbers of the same weights undispatched."""
+    accelerate = pytest.importorskip("accelerate")
+    pairs = random_pairs()
+    expected = measurements(bridge_from_hf(hf_gpt2()), pairs)
+    dispatched = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "cpu"))
+    assert dispatched.hf_device_map["lm_head"] == "cpu"
+    model = bridge_from_hf(dispatched)
+    assert TransformerLensBackend(model).devices == (torch.device("cpu"),)
+    assert_same(measurements(model, pairs), expected, atol=1e-5)
+
+
+def split_backend():
+    """A backend told its model spans two devices (what it reads from a split model's weights)."""
+    backend = TransformerLensBackend(bridge_from_hf(hf_gpt2()))
+    backend.devices = (torch.device("cpu"), torch.device("cuda", 1))
+    return backend
+
+
+def test_a_split_model_takes_the_plain_path_for_sweeps():
+    """The sweeps' resumed suffix runs every later layer on one device: not on a split model."""
+    assert TransformerLensBackend(bridge_from_hf(hf_gpt2())).resumes_suffix
+    assert not split_backend().resumes_suffix
+
+
+def test_a_split_model_refuses_edges_saying_what_works():
+    with pytest.raises(BackendError) as refused:
+        split_backend().check_edges()
+    message = str(refused.value)
+    assert "GPT2LMHeadModel" in message or "gpt2" in message.lower()
+    assert "several devices (cpu, cuda:1)" in message and "path patched" in message
+    assert "Node circuits, sweeps and node attribution work" in message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices to split a model over")
+def test_a_model_split_over_two_gpus_measures_as_on_one():
+    accelerate = pytest.importorskip("accelerate")
+    pairs = random_pairs()
+    expected = measurements(bridge_from_hf(hf_gpt2().to("cuda:0")), pairs)
+    split = bridge_from_hf(accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cuda:0", "cuda:1")))
+    backend = TransformerLensBackend(split)
+    assert backend.device == torch.device("cuda", 0) and set(backend.devices) == {torch.device("cuda", 0), torch.device("cuda", 1)}
+    got = measurements(split, pairs)
+    assert all(torch.as_tensor(value).device.index in (None, 0) for value in got.values())
+    assert_same(got, expected, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices to split a model over")
+def test_a_hooked_transformer_over_n_devices_measures_as_on_one():
+    from hooked_models import hooked_transformer_missing
+
+    if hooked_transformer_missing():
+        pytest.skip(hooked_transformer_missing())
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = dict(n_layers=3, d_model=32, d_head=8, n_heads=4, d_mlp=64, d_vocab=40, n_ctx=32, act_fn="gelu", normalization_type="LN", seed=0)
+    one = HookedTransformer(HookedTransformerConfig(**cfg, device="cuda:0"))
+    split = HookedTransformer(HookedTransformerConfig(**cfg, device="cuda:0", n_devices=2))
+    split.load_state_dict(one.state_dict())
+    assert len(TransformerLensBackend(split).devices) == 2
+    pairs = random_pairs()
+    assert_same(measurements(split, pairs), measurements(one, pairs), atol=1e-4)
