@@ -74,9 +74,11 @@ def split_backend():
 
 
 def test_a_split_model_takes_the_plain_path_for_sweeps():
-    """The sweeps' resumed suffix runs every later layer on one device: not on a split model."""
-    assert TransformerLensBackend(bridge_from_hf(hf_gpt2())).resumes_suffix
-    assert not split_backend().resumes_suffix
+    """The sweeps' shortcuts run every later layer on one device: not on a split model."""
+    whole = TransformerLensBackend(bridge_from_hf(hf_gpt2()))
+    assert whole.resumes_suffix and whole.resumes_layers
+    split = split_backend()
+    assert not split.resumes_suffix and not split.resumes_layers
 
 
 def test_a_split_model_refuses_edges_saying_what_works():

@@ -508,8 +508,8 @@ class TransformerLensBackend:
         MLP and a residual patch at that layer, reproduces the plain forward's final stream, and that
         ``unembed`` of that stream reproduces its logits. Any other model takes the plain path."""
         if self._resume_checked is None:
-            try:
-                self._resume_checked = self._resuming_reproduces_forward()
+            try:  # computed on one device: a split model takes the plain path
+                self._resume_checked = len(self.devices) == 1 and self._resuming_reproduces_forward()
             except Exception:  # noqa: BLE001 - a model the shortcut does not understand takes the plain path
                 self._resume_checked = False
         return self._resume_checked
