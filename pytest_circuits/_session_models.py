@@ -45,7 +45,9 @@ class SessionModels:
                 torch.manual_seed(state.seed)
                 model = state.config.hook.pytest_circuits_load_model(spec=spec, device=state.device, dtype=state.dtype)
                 if model is None:
-                    model = load_model(spec, state.device, state.dtype, allow_pickle=state.allow_pickle)
+                    model = load_model(
+                        spec, state.device, state.dtype, allow_pickle=state.allow_pickle, backend=state.backend, remote=state.remote
+                    )
             except ModelSpecError as error:
                 self._failures[spec] = f"pytest-circuits: {error}"
                 pytest.fail(self._failures[spec], pytrace=False)

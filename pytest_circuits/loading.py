@@ -141,12 +141,26 @@ def check_spec(spec: str) -> None:
         import_factory(spec)
 
 
-def load_model(spec: str, device: Optional[str] = "auto", dtype=None, allow_pickle: bool = False):
+def load_model(
+    spec: str, device: Optional[str] = "auto", dtype=None, allow_pickle: bool = False, backend: str = "transformer_lens", remote: bool = False
+):
     """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode. Weights are read from
     safetensors only; ``allow_pickle`` lets a hub model whose only weights are pickled load them
-    (unpickling can run code from the file: only for repositories you trust)."""
+    (unpickling can run code from the file: only for repositories you trust). ``backend`` says how a
+    folder is patched: a TransformerLens bridge (default), ``hf`` hooks or ``nnsight`` tracing
+    (``remote``: on NDIF)."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     kind = spec_kind(spec)
+    if backend != "transformer_lens" and kind in ("folder", "hub"):
+        if kind == "hub":
+            raise ModelSpecError(
+                f"model {spec!r}: --circuits-backend {backend} loads local folders; hub names load through TransformerLens "
+                "(or return the model from a package.module:factory spec)"
+            )
+        from .backends import backend_from_hf
+
+        hf_model, tokenizer = load_folder(Path(spec).expanduser(), device, dtype, spec, wrap=False)
+        return backend_from_hf(hf_model.eval(), tokenizer, spec, backend, remote)
     if kind == "toy":
         model = _toy_module(spec).load(device=device, dtype=dtype)
     elif kind == "factory":
@@ -214,8 +228,9 @@ def _folder_files(folder: Path, spec: Optional[str] = None) -> list:
     return weights
 
 
-def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] = None):
-    """A local Hugging Face folder, loaded offline from safetensors and wrapped as a bridge."""
+def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] = None, wrap: bool = True):
+    """A local Hugging Face folder, loaded offline from safetensors and wrapped as a bridge
+    (without ``wrap``: the Hugging Face model and its tokenizer or None)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _folder_files(folder, spec)
@@ -228,6 +243,8 @@ def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] =
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise ModelSpecError(f"cannot load model folder {spec or str(folder)!r}: {_first_line(error)}") from None
+    if not wrap:
+        return hf_model.to(device), tokenizer
     return bridge_from_hf(hf_model.to(device), tokenizer, model_name=str(folder))
 
 

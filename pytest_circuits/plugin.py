@@ -56,6 +56,14 @@ SETTINGS = [
     ("--circuits-prompts", "circuits_prompts", "default prompt pairs: a .jsonl path, pkg.mod:factory or toy:NAME", None),
     ("--circuits-device", "circuits_device", "device for models: auto (default), cpu, cuda, ...", "auto"),
     ("--circuits-dtype", "circuits_dtype", "dtype for models: float32, bfloat16, ... (default: the model's own)", None),
+    (
+        "--circuits-backend",
+        "circuits_backend",
+        "how folder specs are patched: transformer_lens (default: a TransformerBridge), hf (hooks on the Hugging Face "
+        "modules) or nnsight (nnsight tracing)",
+        None,
+    ),
+    ("--circuits-remote", "circuits_remote", "true: run nnsight traces on NDIF (API key from NDIF_API_KEY); default false", None),
     ("--circuits-report", "circuits_report", "write every claim measured as JSON to this path", None),
     ("--circuits-html", "circuits_html", "write one offline HTML page of every claim, sweep and curve to this path", None),
     ("--circuits-rtol", "circuits_rtol", f"relative tolerance of circuit snapshots (default {DEFAULT_RTOL:g})", None),
@@ -153,6 +161,12 @@ class CircuitsState:
             self.atol = _tolerance(_setting(config, "circuits_atol", DEFAULT_ATOL), "--circuits-atol")
             self.seed = _seed(_setting(config, "circuits_seed", 0))
             self.prepend_bos = _prepend_bos(_setting(config, "circuits_prepend_bos", "auto"))
+            self.backend = _setting(config, "circuits_backend", "transformer_lens")
+            if self.backend not in ("transformer_lens", "hf", "nnsight"):
+                raise ModelSpecError(f"unknown --circuits-backend {self.backend!r}: choose transformer_lens, hf or nnsight")
+            self.remote = _flag(_setting(config, "circuits_remote", "false"), "--circuits-remote")
+            if self.remote:
+                self.backend = "nnsight"  # remote execution is nnsight's
             self.allow_pickle = _flag(_setting(config, "circuits_allow_pickle", "false"), "--circuits-allow-pickle")
             self.checkpoints = list(config.getoption("circuits_checkpoints") or config.getini("circuits_checkpoints") or [])
             for spec in [self.model_spec, *self.checkpoints]:

@@ -270,10 +270,13 @@ def test_pareto_kinds_and_sizes_that_do_not_exist(model):
 def test_a_model_without_hooks(model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    plain = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20))
-    message = fails(BackendError, "cannot patch a transformers.*GPT2LMHeadModel", lambda: assert_sufficient(plain, pairs(), "L0H0"))
-    assert "TransformerBridge.boot_transformers" in message
-    fails(BackendError, "cannot patch a torch.nn.modules.linear.Linear", lambda: denoise(torch.nn.Linear(2, 2), pairs(), "L0H0"))
+    from pytest_circuits.backends import backend_for
+
+    plain = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20)).eval()
+    assert backend_for(plain).kind == "hf"  # a plain Hugging Face model is patched through its own modules
+    fails(BackendError, "unknown backend 'jax'", lambda: backend_for(plain, "jax"))
+    message = fails(BackendError, "cannot patch a torch.nn.modules.linear.Linear", lambda: denoise(torch.nn.Linear(2, 2), pairs(), "L0H0"))
+    assert "Hugging Face causal LMs" in message and "TransformerBridge" in message
 
 
 def test_a_model_on_no_device_or_on_several():

@@ -1,0 +1,228 @@
+"""Plain Hugging Face causal LMs, patched through PyTorch hooks on their own modules.
+
+No wrapping, no extra dependency: the model's architecture map (``hf_layout``) says which module's
+input or output holds each site, a hook there applies the engine's patches, and the map is proven
+on a probe forward before anything is patched (``MappedBackend.prove``). Node circuits, sweeps
+(the plain path: every configuration one batched forward) and node attribution work; path
+patching (edges) needs per-receiver q/k/v inputs, which these backends do not build, and is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..nodes import ModelShape
+from .base import BackendError, Patch, Site
+from .hf_layout import NODE_KINDS, Layout, Point, _close, attention_write_point, find_layout, out_weight
+
+Handler = Callable[[torch.Tensor], torch.Tensor]
+
+
+class MappedBackend:
+    """What the ``hf`` and ``nnsight`` backends share: the map, the probe, the site bookkeeping.
+    A subclass supplies ``_forward(tokens, handlers, grad)``: one forward of the model where each
+    (point, handler) replaces the value at that point by ``handler(value)``, in forward order."""
+
+    kind = "hf"
+
+    def __init__(self, hf_model, tokenizer=None, name: Optional[str] = None, layout: Optional[Layout] = None):
+        self.hf = hf_model
+        self.name = name or getattr(getattr(hf_model, "config", None), "_name_or_path", "") or type(hf_model).__name__
+        self.tokenizer = tokenizer
+        self.layout = layout or find_layout(hf_model, self.name)
+        self.architecture = self.layout.architecture
+        self.device = self._device()
+        self.shape = ModelShape(
+            n_layers=self.layout.n_layers,
+            n_heads=self.layout.n_heads,
+            d_mlp=int(_in_width(hf_model.get_submodule(self.layout.down[0]))),
+            d_vocab=self.layout.d_vocab,
+            n_ctx=self.layout.n_ctx,
+            parallel=self.layout.parallel,
+        )
+        self._attn_write = [attention_write_point(hf_model, self.layout, l) for l in range(self.layout.n_layers)]
+        self.layout.order = self._forward_order()
+        self.prove()
+
+    def _device(self) -> torch.device:
+        devices = {p.device for p in self.hf.parameters()}
+        if len(devices) > 1:
+            raise BackendError(f"model {self.name!r} has weights on several devices ({', '.join(sorted(map(str, devices)))}); move it to one")
+        return devices.pop() if devices else torch.device("cpu")
+
+    def _forward_order(self) -> List[Point]:
+        """Points in the order a decoder forward reaches them: per layer its input, the heads, the
+        attention write, the neurons, the MLP write, its output; then the final norm's input."""
+        order: List[Point] = []
+        for l in range(self.layout.n_layers):
+            site = lambda kind: self.layout.point(Site(kind, l))  # noqa: E731
+            order += [site("resid_pre"), site("head"), self._attn_write[l], site("neuron"), site("mlp"), site("resid_post")]
+        order.append(self.layout.point(Site("resid_final")))
+        return list(dict.fromkeys(order))
+
+    def point(self, site: Site) -> Point:
+        if site.kind == "attn_write":
+            return self._attn_write[site.layer]
+        return self.layout.point(site)
+
+    # -- the probe ---------------------------------------------------------------------------
+    def _probe_tokens(self) -> torch.Tensor:
+        n = max(1, min(5, self.shape.n_ctx or 5))
+        return (torch.arange(n) * 7 % self.shape.d_vocab)[None].to(self.device)
+
+    def prove(self) -> None:
+        """Hooking every site leaves the logits as they were, every site holds what its kind says
+        (shapes), and each layer's output is its input plus its attention and MLP writes: what the
+        engine patches is each component's own write to the residual stream."""
+        tokens = self._probe_tokens()
+        layers = range(self.shape.n_layers)
+        sites = [Site("embed")] + [Site(k, l) for l in layers for k in ("resid_pre", "head", "attn_write", "neuron", "mlp", "resid_post")]
+        sites.append(Site("resid_final"))
+        try:
+            plain, _ = self.run(tokens)
+            hooked, acts = self.run(tokens, patches={s: (lambda v: v) for s in sites}, capture=sites)
+        except BackendError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a model these hooks cannot run is refused, not a traceback
+            self._refuse(f"a probe forward with its sites hooked fails ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        missing = [s for s in sites if s not in acts]
+        if missing:
+            self._refuse(f"its {missing[0].kind} point {self.point(missing[0])} never fires")
+        if not _close(hooked, plain):
+            self._refuse("hooking its sites changes its logits")
+        d = self.layout.d_model
+        for l in layers:
+            if acts[Site("head", l)].shape[-2:] != (self.layout.n_heads, self.layout.d_head):
+                self._refuse(f"layer {l}'s attention output projection does not read {self.layout.n_heads} heads side by side")
+            for kind in ("resid_pre", "attn_write", "mlp", "resid_post"):
+                if acts[Site(kind, l)].shape[-1] != d:
+                    self._refuse(f"layer {l}'s {kind} is not a residual-stream vector")
+            expected = acts[Site("resid_pre", l)] + acts[Site("attn_write", l)] + acts[Site("mlp", l)]
+            if not _close(acts[Site("resid_post", l)], expected):
+                self._refuse(
+                    f"layer {l}'s output is not its input plus its attention and MLP writes (a module that adds the "
+                    "residual inside itself, or a norm after the sum)"
+                )
+        if not _close(acts[Site("resid_final")], acts[Site("resid_post", self.shape.n_layers - 1)]):
+            self._refuse("the final norm does not read the last layer's output")
+
+    def _refuse(self, why: str):
+        raise BackendError(
+            f"{self.architecture} model {self.name!r} cannot be patched by the {self.kind} backend: {why}. It patches "
+            "GPT-2, GPT-NeoX, GPT-J, Llama, Mistral, Qwen2, Gemma, Gemma-2 and OPT-style decoders whose layers add "
+            "their attention and MLP writes to the residual stream; use a TransformerLens model for others "
+            "(--circuits-backend transformer_lens)."
+        )
+
+    # -- the engine's protocol ---------------------------------------------------------------
+    def run(
+        self,
+        tokens: torch.Tensor,
+        patches: Optional[Mapping[Site, Patch]] = None,
+        capture: Iterable[Site] = (),
+        split_inputs: bool = False,
+        grad: bool = False,
+    ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
+        if split_inputs:
+            self.check_edges()
+        patches = dict(patches or {})
+        capture = set(capture)
+        captured: Dict[Site, torch.Tensor] = {}
+        by_point: Dict[Point, List[Site]] = {}
+        for site in sorted(set(patches) | capture, key=self._rank):
+            by_point.setdefault(self.point(site), []).append(site)
+        handlers = [(point, self._handler(sites, patches, capture, captured, tuple(tokens.shape))) for point, sites in by_point.items()]
+        with torch.enable_grad() if grad else torch.no_grad():
+            logits = self._forward(tokens.to(self.device), handlers, grad)
+        return logits, captured
+
+    def _rank(self, site: Site):
+        point = self.point(site)
+        order = self.layout.order
+        return (order.index(point) if point in order else len(order), 0 if site.kind == "embed" else 1, site.kind)
+
+    def _handler(self, sites: List[Site], patches, capture, captured, batch_pos: Tuple[int, int]) -> Handler:
+        def handle(value: torch.Tensor) -> torch.Tensor:
+            flat = value.dim() == 2  # OPT runs its MLP on [batch * pos, d]
+            if flat:
+                value = value.view(*batch_pos, -1)
+            for site in sites:
+                view = self.layout.to_heads(value) if site.kind == "head" else value
+                if site in patches:
+                    view = patches[site](view)
+                    value = view.reshape(value.shape) if site.kind == "head" else view
+                if site in capture:
+                    captured[site] = view.detach().clone()
+            return value.reshape(-1, value.shape[-1]) if flat else value
+
+        return handle
+
+    def _forward(self, tokens: torch.Tensor, handlers: List[Tuple[Point, Handler]], grad: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- path patching: refused ---------------------------------------------------------------
+    def check_edges(self) -> None:
+        raise BackendError(
+            f"{self.architecture} model {self.name!r} cannot be path patched (edge circuits, edge attribution) by the "
+            f"{self.kind} backend: it does not build per-receiver q/k/v inputs. Node circuits, sweeps and node "
+            "attribution work on this model; for edges load it with --circuits-backend transformer_lens."
+        )
+
+    def check_neuron_receivers(self) -> None:
+        self.check_edges()
+
+    def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Each head's write ``[batch, pos, head, d_model]`` (before any norm after attention)."""
+        W, _ = out_weight(self.hf.get_submodule(self.layout.out_proj[layer]))
+        W = W.reshape(self.layout.n_heads, self.layout.d_head, -1)
+        return torch.einsum("bphd,hdm->bphm", z, W.to(z.dtype))
+
+    def neuron_acts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        self.check_edges()
+        raise AssertionError("unreachable")
+
+
+def _in_width(module) -> int:
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features
+    return int(module.weight.shape[0])  # GPT-2's Conv1D: [in, out]
+
+
+def _first_input(args, kwargs):
+    if args:
+        return args[0], lambda new: ((new,) + tuple(args[1:]), kwargs)
+    key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+    return kwargs[key], lambda new: (args, {**kwargs, key: new})
+
+
+class HFBackend(MappedBackend):
+    """A Hugging Face ``PreTrainedModel`` patched with forward hooks on its own modules."""
+
+    kind = "hf"
+
+    def _forward(self, tokens, handlers, grad):
+        hooks = []
+        try:
+            for (path, where), handle in handlers:
+                module = self.hf.get_submodule(path)
+                if where == "input":
+
+                    def pre(module, args, kwargs, handle=handle):
+                        value, repack = _first_input(args, kwargs)
+                        return repack(handle(value))
+
+                    hooks.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+                else:
+
+                    def post(module, args, output, handle=handle):
+                        if isinstance(output, tuple):
+                            return (handle(output[0]),) + tuple(output[1:])
+                        return handle(output)
+
+                    hooks.append(module.register_forward_hook(post))
+            return self.hf(input_ids=tokens, use_cache=False).logits
+        finally:
+            for hook in hooks:
+                hook.remove()

@@ -1,0 +1,104 @@
+"""nnsight models (a ``LanguageModel`` or any ``NNsight``-wrapped Hugging Face causal LM), patched
+through nnsight's tracing so that the same code runs locally or on NDIF (``remote=True``).
+
+Each ``run`` is one trace: the clean run, the corrupt run, each patched run and each batch of
+sweep configurations is one trace, so one request when remote, never one per component. The
+architecture map is the ``hf`` backend's (``hf_layout``), read from the wrapped module; its probe
+runs as one more trace when the backend is made. Remote execution takes the NDIF API key from the
+environment (``NDIF_API_KEY``, read by nnsight) and is chosen with ``remote=True``, a
+``nnsight-remote:`` model spec or ``--circuits-remote``. Gradients (attribution) need the graph on
+this machine, so they are refused when remote.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+from .base import BackendError
+from .hf import Handler, MappedBackend
+from .hf_layout import Point
+
+API_KEY_VARIABLE = "NDIF_API_KEY"
+
+
+def is_nnsight_model(model) -> bool:
+    try:
+        from nnsight import NNsight
+    except ImportError:
+        return False
+    return isinstance(model, NNsight)
+
+
+def wrap(hf_model):
+    """An ``nnsight.NNsight`` around a plain Hugging Face model (nnsight installed: ``pytest-circuits[nnsight]``)."""
+    try:
+        from nnsight import NNsight
+    except ImportError:
+        raise BackendError("the nnsight backend needs nnsight: pip install 'pytest-circuits[nnsight]'") from None
+    return NNsight(hf_model)
+
+
+class NNsightBackend(MappedBackend):
+    """Runs each forward as one nnsight trace over the model's architecture map."""
+
+    kind = "nnsight"
+
+    def __init__(self, model, tokenizer=None, name: Optional[str] = None, remote: bool = False):
+        if not is_nnsight_model(model):
+            model = wrap(model)
+        self.nn = model
+        self.remote = remote
+        if remote:
+            _require_api_key()
+        hf_model = model._module
+        super().__init__(hf_model, tokenizer=tokenizer if tokenizer is not None else getattr(model, "tokenizer", None), name=name)
+        self.requests = 0  # traces sent (remote requests when remote), for tests and cost reports
+
+    def trace_kwargs(self) -> dict:
+        """Keyword arguments of every trace: only ``remote`` differs between local and NDIF runs."""
+        return {"remote": True} if self.remote else {}
+
+    def _forward(self, tokens: torch.Tensor, handlers: List[Tuple[Point, Handler]], grad: bool) -> torch.Tensor:
+        if grad and self.remote:
+            raise BackendError(
+                f"{self.architecture} model {self.name!r}: attribution needs gradients on this machine, which a remote "
+                "(NDIF) trace does not return; run attribution locally (without --circuits-remote). Node circuits and "
+                "sweeps run remotely."
+            )
+        import nnsight
+
+        model = self.nn
+        self.requests = getattr(self, "requests", 0) + 1
+        with model.trace(tokens, **self.trace_kwargs()):
+            for (path, where), handle in handlers:
+                envoy = model.get(path)
+                if where == "input":
+                    envoy.input = handle(envoy.input)
+                else:
+                    out = envoy.output
+                    if isinstance(out, tuple):
+                        envoy.output = (handle(out[0]),) + tuple(out[1:])
+                    else:
+                        envoy.output = handle(out)
+            logits = nnsight.save(model.output.logits)
+        return logits
+
+
+def _require_api_key() -> None:
+    """The key nnsight will send: ``NDIF_API_KEY`` in the environment, or nnsight's own config file."""
+    key = os.environ.get(API_KEY_VARIABLE)
+    if not key:
+        try:
+            from nnsight import CONFIG
+
+            key = CONFIG.API.APIKEY
+        except (ImportError, AttributeError):
+            key = None
+    if not key:
+        raise BackendError(
+            f"remote (NDIF) execution needs an API key in the environment: export {API_KEY_VARIABLE}=... "
+            "(get one at https://login.ndif.us); or run locally without --circuits-remote"
+        )
