@@ -17,8 +17,9 @@ from typing import Dict, Optional
 import pytest
 import torch
 
-from .loading import ModelSpecError, check_spec, import_factory, load_model
+from .loading import ModelSpecError, check_patchable, check_spec, import_factory, load_model, quiet_progress_bars
 from .patching import Patcher
+from .prompt_paths import PromptPathError
 from .prompts import PromptError, PromptPairs
 
 
@@ -35,24 +36,30 @@ class SessionModels:
         _share_cores(state.config)
 
     def model(self, spec: str):
+        """The model for ``spec``: the first ``pytest_circuits_load_model`` hook that returns one
+        (it may serve any text, ``lab:x`` too), else the built-in loaders; refused here, at load,
+        when it cannot be patched. A spec that failed fails the same way for every later test."""
         state = self.state
-        if spec in self._failures:
-            pytest.fail(self._failures[spec], pytrace=False)
-        if spec not in self._models:
+        if spec not in self._models and spec not in self._failures:
             state._progress(f"pytest-circuits: loading model {spec} on {state.device}")
             start = time.perf_counter()
             try:
                 torch.manual_seed(state.seed)
-                model = state.config.hook.pytest_circuits_load_model(spec=spec, device=state.device, dtype=state.dtype)
+                with quiet_progress_bars():
+                    model = state.config.hook.pytest_circuits_load_model(spec=spec, device=state.device, dtype=state.dtype)
                 if model is None:
                     model = load_model(
-                        spec, state.device, state.dtype, allow_pickle=state.allow_pickle, backend=state.backend, remote=state.remote
+                        spec, state.device, state.dtype, allow_pickle=state.allow_pickle, search=state.search,
+                        backend=state.backend, remote=state.remote,
                     )
+                else:
+                    check_patchable(model, spec)
+                self._models[spec] = model
+                state.loaded(spec, time.perf_counter() - start)
             except ModelSpecError as error:
                 self._failures[spec] = f"pytest-circuits: {error}"
-                pytest.fail(self._failures[spec], pytrace=False)
-            self._models[spec] = model
-            state._progress(f"pytest-circuits: loaded {spec} in {time.perf_counter() - start:.1f}s")
+        if spec in self._failures:
+            pytest.fail(self._failures[spec], pytrace=False)  # outside the except: no chained repeat of the message
         return self._models[spec]
 
     def prompts(self, source: str, model, base: Path) -> PromptPairs:
@@ -60,9 +67,12 @@ class SessionModels:
         if key not in self._prompts:
             torch.manual_seed(self.state.seed)
             try:
-                self._prompts[key] = load_prompts(source, model, base, self.state.prepend_bos)
-            except (PromptError, ModelSpecError) as error:
-                pytest.fail(f"pytest-circuits: prompt source {source!r}: {error}", pytrace=False)
+                self._prompts[key] = load_prompts(source, model, base, self.state.prepend_bos, root=self.state.root)
+            except (PromptError, PromptPathError, ModelSpecError) as error:
+                message = f"pytest-circuits: prompt source {source!r}: {error}"
+            else:
+                return self._prompts[key]
+            pytest.fail(message, pytrace=False)  # outside the except: no chained repeat of the message
         return self._prompts[key]
 
     def patcher(self, model, pairs: PromptPairs, ablation: str) -> Patcher:
@@ -87,14 +97,13 @@ def _share_cores(config) -> None:
         torch.set_num_threads(share)
 
 
-def load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = None) -> PromptPairs:
-    from .plugin import _resolve_path
+def load_prompts(source: str, model, base: Optional[Path], prepend_bos: Optional[bool] = None, root: Optional[Path] = None) -> PromptPairs:
+    """Prompt pairs from ``source``; a relative ``.jsonl`` path is found as ``prompt_file`` says."""
+    from .prompt_paths import prompt_file
 
     tokenizer = getattr(model, "tokenizer", None)
     if source.endswith(".jsonl"):
-        path = _resolve_path(source, base)
-        if path is None:
-            raise PromptError(f"file not found (looked in {base} and {Path.cwd()})")
+        path = prompt_file(source, root or Path.cwd(), base)
         return PromptPairs.from_jsonl(path, tokenizer=tokenizer, prepend_bos=prepend_bos)
     if source.startswith("toy:"):
         check_spec(source)
@@ -102,7 +111,7 @@ def load_prompts(source: str, model, base: Path, prepend_bos: Optional[bool] = N
     else:
         if ":" not in source:
             raise PromptError("not a .jsonl path, pkg.mod:factory or toy:NAME")
-        factory = import_factory(source, what=None)
+        factory = import_factory(source, what=None, search=() if root is None else (root,))
         params = inspect.signature(factory).parameters
         kwargs = {name: value for name, value in (("model", model), ("tokenizer", tokenizer)) if name in params}
         pairs = factory(**kwargs)

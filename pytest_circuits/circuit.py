@@ -24,6 +24,17 @@ CircuitLike = Union["Circuit", str, Iterable[Union[str, Node, Edge]]]
 EMPTY = "(empty)"
 
 
+def model_shape(model) -> ModelShape:
+    """The ``ModelShape`` of a model, a ``Patcher`` or backend, or a ``ModelShape`` itself."""
+    if isinstance(model, ModelShape):
+        return model
+    if isinstance(getattr(model, "shape", None), ModelShape):
+        return model.shape
+    from .backends import backend_for  # imports torch: only when given a model
+
+    return backend_for(model).shape
+
+
 @dataclass(frozen=True)
 class Circuit:
     """A set of nodes or a set of edges. Equal circuits print the same text; the name is a label."""
@@ -124,9 +135,12 @@ class Circuit:
         return Circuit(nodes, self.name, edges)
 
     @classmethod
-    def full_graph(cls, shape: ModelShape, split_mlps: bool = False) -> "Circuit":
-        """The model's whole edge graph as a circuit (circuit-only of it is the clean run)."""
-        return cls(edges=frozenset(edge_graph(shape, split_mlps)), name="full graph")
+    def full_graph(cls, model, split_mlps: bool = False) -> "Circuit":
+        """The model's whole edge graph as a circuit (circuit-only of it is the clean run).
+
+        ``model``: the model itself, a ``Patcher`` or backend (anything with a ``.shape``), or a
+        ``ModelShape``; ``split_mlps`` takes every MLP neuron by neuron as a receiver."""
+        return cls(edges=frozenset(edge_graph(model_shape(model), split_mlps)), name="full graph")
 
     @property
     def positions(self) -> set:

@@ -72,7 +72,13 @@ class Diagnosis:
         in a joint damage: candidates for backups of each other."""
         if not self.backup:
             return []
-        return [name for name, damage in self.individual if damage < self.tolerance]
+        return [name for name, damage in self.individual if abs(damage) < self.tolerance]
+
+    @property
+    def helping_when_noised(self) -> list:
+        """Components whose noising alone *raises* the metric (damage below -tolerance): they work
+        against the behaviour (negative components), so they are no one's backup."""
+        return [name for name, damage in self.individual if damage <= -self.tolerance]
 
     def lines(self) -> list:
         ratio = self.compensation_ratio
@@ -89,6 +95,15 @@ class Diagnosis:
             out.append(f"  compensation ratio {fixed(ratio, 2)} > 1: their effects overlap (each alone already breaks the behaviour)")
         else:
             out.append(f"  compensation ratio {fixed(ratio, 2)}: their effects add up (no backup behaviour)")
+        negative = self.helping_when_noised
+        if negative:
+            damages = dict(self.individual)
+            out.append(
+                f"  {', '.join(f'{name} ({fixed(damages[name])})' for name in negative)}: noised alone, the metric goes up: "
+                + ("it works against the behaviour (a negative component, not a backup) and lowers" if len(negative) == 1
+                   else "they work against the behaviour (negative components, not backups) and lower")
+                + " the sum of damages"
+            )
         if self.wrong_way:
             moved = ", ".join(f"{name} ({fixed(score)})" for name, score in self.wrong_way)
             out.append(f"denoising moves the metric the wrong way: {moved}; a circuit without them can score above 1")

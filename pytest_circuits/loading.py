@@ -11,14 +11,16 @@ Everything here works without pytest; the plugin adds its own hook in front of i
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
 import pickle
 import re
 import socket
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -130,48 +132,98 @@ def checkpoint_labels(specs) -> dict:
     return {spec: labels[spec] for spec in specs}
 
 
-def check_spec(spec: str) -> None:
-    """Cheap checks that need no loading: the toy exists, the folder has weights, the factory imports."""
+def check_spec(spec: str, search: Sequence[Path] = ()) -> None:
+    """Cheap checks that need no loading: the toy exists, the folder has weights, the factory
+    imports (from ``sys.path``, else from the folders in ``search``: the plugin gives the rootdir)."""
     kind = spec_kind(spec)
     if kind == "toy":
         _toy_module(spec)
     elif kind == "folder":
         _folder_files(Path(spec).expanduser(), spec)
     elif kind == "factory":
-        import_factory(spec)
+        import_factory(spec, search=search)
 
 
 def load_model(
-    spec: str, device: Optional[str] = "auto", dtype=None, allow_pickle: bool = False, backend: str = "transformer_lens", remote: bool = False
+    spec: str,
+    device: Optional[str] = "auto",
+    dtype=None,
+    allow_pickle: bool = False,
+    search: Sequence[Path] = (),
+    backend: str = "transformer_lens",
+    remote: bool = False,
 ):
     """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode. Weights are read from
     safetensors only; ``allow_pickle`` lets a hub model whose only weights are pickled load them
     (unpickling can run code from the file: only for repositories you trust). ``backend`` says how a
     folder is patched: a TransformerLens bridge (default), ``hf`` hooks or ``nnsight`` tracing
-    (``remote``: on NDIF)."""
+    (``remote``: on NDIF). A model the engine cannot patch is refused here, at load, not at its
+    first measurement."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     kind = spec_kind(spec)
-    if backend != "transformer_lens" and kind in ("folder", "hub"):
-        if kind == "hub":
-            raise ModelSpecError(
-                f"model {spec!r}: --circuits-backend {backend} loads local folders; hub names load through TransformerLens "
-                "(or return the model from a package.module:factory spec)"
-            )
-        from .backends import backend_from_hf
+    with quiet_progress_bars():
+        if backend != "transformer_lens" and kind in ("folder", "hub"):
+            if kind == "hub":
+                raise ModelSpecError(
+                    f"model {spec!r}: --circuits-backend {backend} loads local folders; hub names load through TransformerLens "
+                    "(or return the model from a package.module:factory spec)"
+                )
+            from .backends import backend_from_hf
 
-        hf_model, tokenizer = load_folder(Path(spec).expanduser(), device, dtype, spec, wrap=False)
-        return backend_from_hf(hf_model.eval(), tokenizer, spec, backend, remote)
-    if kind == "toy":
-        model = _toy_module(spec).load(device=device, dtype=dtype)
-    elif kind == "factory":
-        model = _call_factory(import_factory(spec), device, dtype)
-    elif kind == "folder":
-        model = load_folder(Path(spec).expanduser(), device, dtype, spec)
-    else:
-        model = load_hub(spec, device, dtype, allow_pickle)
+            hf_model, tokenizer = load_folder(Path(spec).expanduser(), device, dtype, spec, wrap=False)
+            return backend_from_hf(hf_model.eval(), tokenizer, spec, backend, remote)
+        if kind == "toy":
+            model = _toy_module(spec).load(device=device, dtype=dtype)
+        elif kind == "factory":
+            model = _call_factory(import_factory(spec, search=search), device, dtype)
+        elif kind == "folder":
+            model = load_folder(Path(spec).expanduser(), device, dtype, spec)
+        else:
+            model = load_hub(spec, device, dtype, allow_pickle)
     if hasattr(model, "eval"):
         model.eval()
+    check_patchable(model, spec)
     return model
+
+
+BUILT_IN_CODE = (
+    "for a Hugging Face model built in code, return pytest_circuits.loading.bridge_from_hf(hf_model, tokenizer) "
+    "(README: 'A model built in code')"
+)
+
+
+def check_patchable(model, spec: str) -> None:
+    """Refuse, when it is loaded, a model no backend can patch (the backend's own reason, and how
+    to wrap a model built in code)."""
+    from .backends import BackendError, backend_for
+
+    try:
+        backend_for(model)
+    except BackendError as error:
+        raise ModelSpecError(f"model spec {spec!r} gave a model that cannot be patched: {error} Or, {BUILT_IN_CODE}.") from None
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Hugging Face's download and weight-loading bars (``Loading weights``, ``Writing model
+    shards``) off while we load: in pytest's output they would garble the progress line."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_on, hub_was_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+        if hub_was_on:
+            enable_progress_bars()
 
 
 def _toy_module(spec: str):
@@ -183,18 +235,48 @@ def _toy_module(spec: str):
     return importlib.import_module(f"{toys.__name__}.{name}")
 
 
-def import_factory(spec: str, what: Optional[str] = "model spec"):
-    """The callable named by ``package.module:name``; errors start with ``what`` and the spec."""
+def import_factory(spec: str, what: Optional[str] = "model spec", search: Sequence[Path] = ()):
+    """The callable named by ``package.module:name``; errors start with ``what`` and the spec.
+
+    The module is imported from ``sys.path``; when it is not there but one of the folders in
+    ``search`` holds it (``mymodels.py`` or ``mymodels/``), that folder is added to ``sys.path``
+    first: the pytest plugin passes the rootdir, so plain ``pytest`` finds the project's own
+    modules as ``python -m pytest`` (which puts the current folder on ``sys.path``) does.
+    """
     module_name, _, attr = spec.partition(":")
     prefix = f"{what} {spec!r}: " if what else ""
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name, search)
     except ImportError as error:
-        raise ModelSpecError(f"{prefix}cannot import module {module_name!r} ({error})") from None
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0]:
+            looked = f" or in {', '.join(str(folder) for folder in search)}" if search else ""
+            hint = (
+                f": it is not on sys.path{looked}. Plain `pytest` does not put the current folder on sys.path "
+                "(`python -m pytest` does): add `pythonpath = .` (the folder holding it, relative to the ini file) to "
+                "your pytest ini file, or install your package (pip install -e .)"
+            )
+        raise ModelSpecError(f"{prefix}cannot import module {module_name!r} ({error}){hint}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelSpecError(f"{prefix}module {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def _import_module(name: str, search: Sequence[Path]):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        top = name.split(".")[0]
+        if error.name != top:
+            raise  # the module exists but something it imports does not: its own error says what
+        for folder in map(Path, search):
+            if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+                if str(folder) not in sys.path:
+                    sys.path.insert(0, str(folder))
+                importlib.invalidate_caches()
+                return importlib.import_module(name)
+        raise
 
 
 def _call_factory(factory, device, dtype):

@@ -14,7 +14,6 @@ from typing import Optional, Sequence, Tuple
 from .circuit import Circuit, CircuitError, CircuitLike
 from .errors import ArgumentError
 from .metrics import get_metric
-from .results import fixed
 from .sweeps import _progress
 
 LEVELS = (0.5, 0.8, 0.9, 1.0)
@@ -57,7 +56,8 @@ class ParetoCurve:
         for level in levels:
             k = self.smallest(level)
             if k is None:
-                out.append(f"{level:.0%}: not reached (best {fixed(max(self.recovered), 3)} with {self.sizes[self.recovered.index(max(self.recovered))]} components)")
+                best = max(self.recovered)
+                out.append(f"{level:.0%}: not reached (best {_below(best, level)} with {self.sizes[self.recovered.index(best)]} components)")
             else:
                 out.append(f"{level:.0%} with {k} of {self.total} components ({k / self.total:.1%})")
         return out
@@ -74,6 +74,16 @@ class ParetoCurve:
     def __str__(self) -> str:
         base = f" with {self.base} always kept" if self.base else ""
         return f"{self.kind} of the top components ({self.metric}{base}): " + "; ".join(self.lines())
+
+
+def _below(value: float, level: float) -> str:
+    """``value`` (under ``level``) with as many decimals as it takes not to print as ``level``:
+    0.99996 is "0.99996", never "1.000" next to "100%: not reached"."""
+    for decimals in range(3, 10):
+        text = f"{value:.{decimals}f}"
+        if float(text) < level:
+            return text
+    return repr(value)
 
 
 def ranked_names(ranking) -> Tuple[str, ...]:

@@ -12,6 +12,7 @@ checked (``--circuits-device cuda``, a toy model spec, ...). ``tests/test_lazy_i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
@@ -27,7 +28,9 @@ from . import hookspecs
 from .errors import InputError
 from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
+from .ini_files import unread_settings
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
+from .prompt_paths import PromptPathError, prompt_file
 from .report import ClaimRow, table, write_json
 from .xdist_groups import mark_groups, without_group
 from .snapshot import (
@@ -148,6 +151,8 @@ class CircuitsState:
 
     def __init__(self, config):
         self.config = config
+        self.root = Path(config.rootpath)
+        self.search = (self.root,)  # factory modules not on sys.path are looked for in the rootdir
         try:
             self.model_spec = _setting(config, "circuits_model")
             self.prompt_source = _setting(config, "circuits_prompts")
@@ -170,15 +175,16 @@ class CircuitsState:
             self.allow_pickle = _flag(_setting(config, "circuits_allow_pickle", "false"), "--circuits-allow-pickle")
             self.checkpoints = list(config.getoption("circuits_checkpoints") or config.getini("circuits_checkpoints") or [])
             for spec in [self.model_spec, *self.checkpoints]:
-                if spec is not None:
-                    check_spec(spec)
+                if spec is not None and not self.custom_loader:
+                    check_spec(spec, self.search)  # with a loader hook, any text may be its spec (lab:x)
             self.checkpoint_labels = checkpoint_labels(self.checkpoints)
             if self.prompt_source is not None:
-                _check_prompt_source(self.prompt_source, Path(config.rootpath))
+                _check_prompt_source(self.prompt_source, self.root)
             self.report_path = _report_path(_setting(config, "circuits_report"), "--circuits-report", "circuits.json")
             self.html_path = _report_path(_setting(config, "circuits_html"), "--circuits-html", "circuits.html")
-        except ModelSpecError as error:
+        except (ModelSpecError, PromptPathError) as error:
             raise pytest.UsageError(f"pytest-circuits: {error}") from None
+        self.unread: List[tuple] = []  # (ini file, circuits_* keys) pytest did not read this run
         # Claims travel with the test reports (so pytest-xdist workers send theirs to the
         # controller): measured here, attached in makereport, gathered in logreport.
         self._measured: List[ClaimRow] = []
@@ -192,6 +198,12 @@ class CircuitsState:
         self.snapshot_writes: List[DeferredWrites] = []  # one per circuit_snapshot; committed when its test passes
         self.current_item: Optional[pytest.Item] = None
         self._models: Optional["SessionModels"] = None  # built when a test first asks for a model
+
+    @property
+    def custom_loader(self) -> bool:
+        """A conftest implements ``pytest_circuits_load_model``: it may serve specs the built-in
+        loaders would refuse, so those are not checked before it has had its say."""
+        return bool(self.config.hook.pytest_circuits_load_model.get_hookimpls())
 
     # -- device and dtype: resolved on first use, since resolving imports torch ------------------
     @property
@@ -236,9 +248,18 @@ class CircuitsState:
             self._last_progress = now
             self._progress(f"pytest-circuits: sweep {done}/{total} patched configurations")
 
+    def loaded(self, spec: str, seconds: float) -> None:
+        self._progress(f"pytest-circuits: loaded {spec} in {seconds:.1f}s")
+
     def _progress(self, message: str) -> None:
+        """Live lines only with -vv: written between pytest's own, they would split its progress
+        line (``test_x.py ..F.``). Written past pytest's capture, so they are seen live."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and self.config.get_verbosity() >= 0:
+        if reporter is None or self.config.get_verbosity() < 2:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        suspended = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+        with suspended:
             reporter.ensure_newline()
             reporter.write_line(message)
 
@@ -255,6 +276,14 @@ class CircuitsState:
         callspec = getattr(item, "callspec", None)
         spec = callspec.params.get("circuits_checkpoint") if callspec else None
         return None if spec is None else self.checkpoint_labels[spec]
+
+    def writes_snapshots(self, item) -> bool:
+        """Whether ``item`` may write snapshots under ``--snapshot-update``. Every checkpoint of a
+        matrix shares one snapshot per test, the baseline's: only the first checkpoint given writes
+        it, the others compare against it (else each would overwrite it with its own numbers)."""
+        callspec = getattr(item, "callspec", None)
+        spec = callspec.params.get("circuits_checkpoint") if callspec else None
+        return spec is None or spec == self.checkpoints[0]
 
     def take_measured(self) -> List[dict]:
         """The rows measured since the last test report, as plain data a report can carry."""
@@ -379,22 +408,13 @@ def _report_path(value, option: str = "--circuits-report", example: str = "circu
 
 
 # -- prompt sources ----------------------------------------------------------------------------
-def _resolve_path(source: str, base: Path) -> Optional[Path]:
-    for folder in (base, Path.cwd()):
-        path = (folder / source).expanduser()
-        if path.is_file():
-            return path
-    return None
-
-
-def _check_prompt_source(source: str, base: Path) -> None:
+def _check_prompt_source(source: str, root: Path) -> None:
     if source.endswith(".jsonl"):
-        if _resolve_path(source, base) is None:
-            raise ModelSpecError(f"prompt file {source!r} not found (looked in {base} and {Path.cwd()})")
+        prompt_file(source, root)  # relative to the rootdir (prompt_paths says why)
     elif source.startswith("toy:"):
         check_spec(source)
     elif ":" in source:
-        import_factory(source, "prompt source")
+        import_factory(source, "prompt source", search=(root,))
     else:
         raise ModelSpecError(f"prompt source {source!r} is not a .jsonl path, pkg.mod:factory or toy:NAME")
 
@@ -471,6 +491,8 @@ def pytest_runtest_makereport(item, call):
     state = item.config.stash[STATE]
     report = yield
     rows = state.take_measured()
+    if rows and report.when == "call" and report.passed:
+        rows = [_as_expected(row) for row in rows]
     if rows:
         report.circuits_claims = rows  # plain data: pytest-xdist sends it to the controller
     drawn = state.take_drawn()
@@ -486,6 +508,17 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+def _as_expected(row: dict) -> dict:
+    """A claim that failed in a test that passed was expected to fail (``pytest.raises``): its
+    verdict says so, and it is not counted among the failures."""
+    if row["verdict"].startswith("FAILS"):
+        row = {**row, "verdict": EXPECTED_FAILURE + row["verdict"][len("FAILS") :]}
+    return row
+
+
+EXPECTED_FAILURE = "fails, as the test expects"
+
+
 def pytest_runtest_logreport(report):
     """Every test report passes here, an xdist worker's on the controller too (the report names
     no config: the innermost session is the one reporting)."""
@@ -493,8 +526,43 @@ def pytest_runtest_logreport(report):
         _ACTIVE[-1].gather(report)
 
 
+def pytest_collect_directory(path, parent):
+    """Note a folder whose own ini file sets circuits_* keys that this run does not read."""
+    state = parent.config.stash.get(STATE, None)
+    if state is not None:
+        unread = unread_settings(path, parent.config.inipath)
+        if unread is not None:
+            state.unread.append(unread)
+    return None  # collected as usual
+
+
 def pytest_collection_finish(session):
-    session.config.stash[STATE].expected = [item.nodeid for item in session.items]
+    state = session.config.stash[STATE]
+    state.expected = [item.nodeid for item in session.items]
+    _refuse_unread_settings(state, session.items)
+
+
+def _refuse_unread_settings(state, items) -> None:
+    """``pytest tests examples`` from a repository root reads the root's ini file only: the tests
+    under ``examples/`` would run without the model their own ini file names (and a
+    ``--snapshot-update`` then deletes their snapshots). Refused before any test runs."""
+    paths = [Path(item.path) for item in items]
+    for ini, keys in state.unread:
+        folder = ini.parent
+        if any(folder in path.parents for path in paths):
+            read = state.config.inipath or "no ini file"
+            raise pytest.UsageError(
+                f"pytest-circuits: {ini} sets {', '.join(keys)}, but pytest reads one ini file per run and this one reads "
+                f"{read}: the tests under {folder} would run without those settings. Run that folder on its own "
+                f"(`pytest {_shown(folder, state.config)}`, from any folder) and the other tests in another run."
+            )
+
+
+def _shown(folder: Path, config) -> str:
+    try:
+        return str(folder.relative_to(Path(config.invocation_params.dir)))
+    except ValueError:
+        return str(folder)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -568,10 +636,6 @@ def circuit_model(request, circuits_checkpoint):
             "or mark the test @pytest.mark.circuit_model('toy:induction')",
             pytrace=False,
         )
-    try:
-        check_spec(spec)
-    except ModelSpecError as error:
-        pytest.fail(f"pytest-circuits: {error}", pytrace=False)
     request.node.stash[MODEL_SPEC] = spec
     return state.model(spec)
 
@@ -592,8 +656,8 @@ def prompt_pairs(request, circuit_model):
             "pytest-circuits: no prompt pairs: mark the test @pytest.mark.prompts('pairs.jsonl') or set circuits_prompts",
             pytrace=False,
         )
-    base = Path(request.node.path).parent
-    return state.prompts(source, circuit_model, base)
+    base = Path(request.node.path).parent  # a marker's relative path may be relative to its test file
+    return state.prompts(source, circuit_model, base if marker and marker.args else None)
 
 
 @pytest.fixture
@@ -610,7 +674,8 @@ def circuits(request, circuit_model, prompt_pairs):
             circuit_model, prompt_pairs, circuit, patchers=state.patcher, progress=state.sweep_progress, on_figure=state.on_figure
         )
     except CircuitError as error:
-        pytest.fail(f"pytest-circuits: circuit marker: {error}", pytrace=False)
+        message = f"pytest-circuits: circuit marker: {error}"
+    pytest.fail(message, pytrace=False)  # outside the except: no chained repeat of the message
 
 
 @pytest.fixture
@@ -622,9 +687,10 @@ def circuit_snapshot(request, snapshot):
     writes = DeferredWrites(snapshot.session)
     request.node.stash[SNAPSHOT_WRITES] = writes
     state.snapshot_writes.append(writes)
+    writer = state.writes_snapshots(request.node)  # under a checkpoint matrix, the baseline only
     assertion = CircuitSnapshotAssertion(
-        update_snapshots=snapshot.update_snapshots,
-        update_new_snapshots_only=snapshot.update_new_snapshots_only,
+        update_snapshots=snapshot.update_snapshots and writer,
+        update_new_snapshots_only=snapshot.update_new_snapshots_only and writer,
         extension_class=extension,
         test_location=snapshot.test_location,
         session=writes,
@@ -656,8 +722,9 @@ def pytest_sessionfinish(session, exitstatus):
             writes.discard()
     if controller:
         state.not_run = state.unfinished(exitstatus)
-        if state.not_run:
-            _keep_unused_snapshots(session.config, state.not_run)
+        if state.not_run or state.bad_input:
+            # tests stopped by bad input before their snapshot (no model, a bad prompt file) keep them
+            _keep_unused_snapshots(session.config, [*state.not_run, *state.bad_input])
     result = yield
     if controller and not state.bad_input and not state.not_run:
         if state.report_path is not None:
@@ -702,6 +769,11 @@ def pytest_terminal_summary(terminalreporter, config):
             lines.append(f"{what} NOT written: the run stopped before {_not_run(state)}; {path} is left as it was")
         elif path is not None and (rows or what == "circuit page"):
             lines.append(f"{what}: {path}")
+    if len(state.checkpoints) > 1 and config.getoption("update_snapshots", False):
+        lines.append(
+            f"snapshots written from the baseline checkpoint {state.checkpoint_labels[state.checkpoints[0]]} only "
+            "(the first --circuits-checkpoint); the other checkpoints were compared with them, not written"
+        )
     if state.not_run and config.getoption("update_snapshots", False):
         lines.append(f"no snapshot deleted as unused: the run stopped before {_not_run(state)}")
     if lines:

@@ -332,7 +332,7 @@ def test_an_unreachable_hub_model_fails_in_one_line(pytester, monkeypatch):
 @pytest.mark.parametrize(
     "source, message",
     [
-        ("missing.jsonl", "prompt source 'missing.jsonl': file not found"),
+        ("missing.jsonl", "prompt source 'missing.jsonl': prompt file 'missing.jsonl' not found (a relative path is relative to the rootdir*"),
         ("bad.jsonl", "prompt source 'bad.jsonl': *bad.jsonl:2: not valid JSON"),
         ("os:getcwd", "prompt source 'os:getcwd': the factory returned str, not PromptPairs"),
         ("no_module_here:f", "prompt source 'no_module_here:f': cannot import module"),
@@ -391,7 +391,7 @@ def test_sweeps_and_claims_share_one_cache_per_session(pytester):
             assert circuits.attribute("heads").scores.shape == (1, 3)
         """
     )
-    result = run(pytester, "-s")
+    result = run(pytester, "-vv")  # progress lines are live with -vv (test_newcomer: never mid-line otherwise)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*pytest-circuits: sweep 3/3 patched configurations*"])
 

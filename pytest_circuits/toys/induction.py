@@ -162,6 +162,9 @@ def save_checkpoint(folder, zero_heads=(), source: Path = DATA) -> Path:
                 attn.c_attn.weight[:, shifted] = 0
                 attn.c_attn.bias[shifted] = 0
             attn.c_proj.weight[cols, :] = 0
-    hf.save_pretrained(folder)
+    from ..loading import quiet_progress_bars
+
+    with quiet_progress_bars():  # no "Writing model shards" bar in a test's or the README's output
+        hf.save_pretrained(folder)
     tokenizer(source).save_pretrained(folder)
     return folder
