@@ -134,9 +134,28 @@ def test_the_curves_edges_and_snapshot_change_are_drawn(page, measured):
     assert f'<p class="note mono">{html.escape(str(Circuit.parse(INDUCTION_EDGES)))}</p>' in text
     for head_input in "qkv":
         assert f'fill="{ {"q": "#0969da", "k": "#8250df", "v": "#1a7f37"}[head_input] }">{head_input}</text>' in text
-    # the snapshot change: the moved numbers side by side, marked
-    assert '<td class="del">recovered: 1.00011</td><td class="ins">recovered: 0.112</td>' in text
-    assert '<td class="ins">patched: 0.0317</td>' in text
+    # the snapshot change: the moved numbers side by side, marked with how far they moved
+    assert '<tr class="moved"><td>recovered</td><td class="del">1.00011</td><td class="ins">0.112</td><td class="by">-0.8881</td></tr>' in text
+    numbers = sum(bool(re.fullmatch(r"[^:]+: [-+0-9.e]+", line)) for line in measured["change"]["before"].splitlines())
+    assert '<td class="ins">0.0317</td>' in text and f"2 of {numbers} numbers moved" in text
+
+
+def test_a_snapshot_change_marks_only_numbers_beyond_its_tolerance():
+    before = "kind: denoise\nclean: 2.0\npatched: 1.0\nrecovered: 0.5\n" + "".join(f"per_prompt[{i}]: 0.5\n" for i in range(20))
+    after = before.replace("clean: 2.0", "clean: 2.0001").replace("recovered: 0.5", "recovered: 0.25")
+    text = render_html([{"test": "t.py::test_a", "before": before, "after": after, "rtol": 1e-4, "atol": 1e-6, "status": "changed"}])
+    assert text.count('<tr class="moved">') == 1
+    assert '<tr class="moved"><td>recovered</td><td class="del">0.5</td><td class="ins">0.25</td><td class="by">-0.25</td></tr>' in text
+    assert '<tr><td>clean</td><td>2.0</td><td>2.0001</td><td class="by">+0.0001 (within tolerance)</td></tr>' in text
+    assert "1 of 23 numbers moved beyond rtol=0.0001, atol=1e-06" in text
+    assert "… 15 unchanged lines …" in text and "<td>per_prompt[4]</td>" in text and "<td>per_prompt[5]</td>" not in text
+    # without a tolerance, every number whose text differs moved
+    assert render_html([{"before": before, "after": after}]).count('<tr class="moved">') == 2
+
+
+def test_a_snapshot_whose_lines_differ_is_a_line_diff():
+    text = render_html([{"test": "t.py::test_a", "before": "kind: noise\ndamage: 0.5\n", "after": "kind: noise\nrecovered: 0.5\n"}])
+    assert '<td class="del">damage: 0.5</td><td class="ins">recovered: 0.5</td>' in text and "the lines differ" in text
 
 
 def test_the_page_is_self_contained(page):
@@ -153,7 +172,7 @@ def test_text_is_escaped(measured, tmp_path):
     text = render_html([(evil, measured["claims"][0]), circuit, {"test": evil, "before": "a: <1>", "after": "a: <2>"}], title=evil, meta={evil: evil})
     assert "<script" not in text and "alert('x')" not in text
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in text
-    assert "a: &lt;2&gt;" in text
+    assert '<td class="ins">&lt;2&gt;</td>' in text and "<2>" not in text
 
 
 def test_the_field_standards_and_the_plugins_rows_are_claim_rows():
