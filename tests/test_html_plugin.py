@@ -46,6 +46,7 @@ def test_the_page_holds_every_claim_sweep_and_curve(pytester, workers):
     result.stdout.fnmatch_lines(["*circuit page: page.html*"])
     page = (pytester.path / "page.html").read_text()
     assert "L0H1 L1H1 MLP*" in page and "holds" in page  # the claim row
+    assert re.search(r'<td class="num">-?\d\.\d{3} / -?\d\.\d{3} / -?\d\.\d{3}</td>', page)  # its per-prompt spread
     assert "noise sweep over heads" in page and "L1H1: damage" in page  # the heatmap, values on hover
     assert "<polyline" in page  # the pareto curve
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page

@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from pytest_circuits import Circuit, Claim, ModelShape, Patcher, beats_random, complete, pareto, sweep
 from pytest_circuits.faithfulness import faithfulness
 from pytest_circuits.html_report import Entry, render_html, write_html
+from pytest_circuits.loading import load_model
 from pytest_circuits.minimality import minimality
 from pytest_circuits.report import ClaimRow
 from pytest_circuits.sweeps import SweepResult
@@ -46,16 +49,22 @@ def example_items():
         Claim(patcher.circuit_only("L0H1 L1H1"), 0.9),
     ]
     heads = sweep(model, pairs, "heads", "noise")
-    before = claims[1].result.to_text()
-    after = before.replace(f"patched: {claims[1].result.patched:.6g}", "patched: 0.0317").replace(
-        f"recovered: {claims[1].result.score:.6g}", "recovered: 0.112"
-    )
+    # the snapshot change: the same claim measured on a checkpoint with the previous-token head zeroed
+    folder = induction.save_checkpoint(Path(tempfile.mkdtemp()) / "damaged", ["L0H1"])
+    damaged = Patcher(load_model(str(folder), "cpu", None), pairs).denoise("L1H1", confidence=0.95)
+    shutil.rmtree(folder.parent)
+    before, after = claims[1].result.to_text(), damaged.to_text()
     return {
         "claims": claims,
         "sweep": heads,
         "pareto": pareto(model, pairs, heads, base="MLP*"),
         "faithfulness": faithfulness(model, pairs, heads),
-        "change": {"test": TESTS[1], "before": before, "after": after},
+        "change": {
+            "test": TESTS[1] + "[damaged]", "before": before, "after": after, "rtol": 1e-4, "atol": 1e-6,
+            "status": "changed: the snapshot was kept (--snapshot-update accepts the new numbers)",
+            "snapshot": "__snapshots__/test_induction_circuit/test_induction_head_is_sufficient.txt",
+        },
+        "damaged": damaged,
     }
 
 
@@ -76,7 +85,12 @@ def page_items(measured):
     ]
 
 
-META = {"model": "toy:induction", "checkpoint": "toy:induction", "backend": "transformer_lens", "versions": {"torch": torch.__version__}}
+META = {
+    "model": "toy:induction",
+    "checkpoints": ["toy:induction", "./damaged"],
+    "backends": ["TransformerLensBackend · transformer_lens.TransformerBridge · GPT2LMHeadModel (./damaged, toy:induction)"],
+    "versions": {"torch": torch.__version__},
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +121,7 @@ def test_every_claim_is_a_row_with_its_verdict_score_interval_threshold_and_spre
     assert [("FAILS" in row) for row in rows[:4]] == [False, False, False, True]
     assert "snapshot changed" in rows[1] and "snapshot changed" not in rows[0]
     assert "measured" in rows[4] and "CPR" in rows[4]
-    for key in ("model", "checkpoint", "backend", "versions", torch.__version__):
+    for key in ("model", "checkpoints", "backends", "versions", torch.__version__):
         assert html.escape(key) in text
 
 
@@ -135,9 +149,14 @@ def test_the_curves_edges_and_snapshot_change_are_drawn(page, measured):
     for head_input in "qkv":
         assert f'fill="{ {"q": "#0969da", "k": "#8250df", "v": "#1a7f37"}[head_input] }">{head_input}</text>' in text
     # the snapshot change: the moved numbers side by side, marked with how far they moved
-    assert '<tr class="moved"><td>recovered</td><td class="del">1.00011</td><td class="ins">0.112</td><td class="by">-0.8881</td></tr>' in text
-    numbers = sum(bool(re.fullmatch(r"[^:]+: [-+0-9.e]+", line)) for line in measured["change"]["before"].splitlines())
-    assert '<td class="ins">0.0317</td>' in text and f"2 of {numbers} numbers moved" in text
+    healthy, damaged = measured["claims"][1].result, measured["damaged"]
+    assert (
+        f'<tr class="moved"><td>clean</td><td class="del">{healthy.clean:.6g}</td><td class="ins">{damaged.clean:.6g}</td>'
+        f'<td class="by">{float(f"{damaged.clean:.6g}") - float(f"{healthy.clean:.6g}"):+.4g}</td></tr>'
+    ) in text
+    assert '<tr><td>kind</td><td>denoise</td><td>denoise</td><td class="by"></td></tr>' in text
+    numbers = sum(bool(re.fullmatch(r"[^:]+: [-+0-9.e]+", line)) for line in healthy.to_text().splitlines())
+    assert re.search(rf"\d+ of {numbers} numbers moved beyond rtol=0.0001, atol=1e-06", text)
 
 
 def test_a_snapshot_change_marks_only_numbers_beyond_its_tolerance():
