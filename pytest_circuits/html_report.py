@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import html
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,12 +66,13 @@ class Fragment:
     html: str
 
 
-def render_figure(item: Any, label: Optional[str] = None, claimed=None) -> Fragment:
-    """One sweep, curve, circuit or snapshot change as a ``Fragment`` of plain text."""
+def render_figure(item: Any, label: Optional[str] = None, claimed=None, note: Optional[str] = None) -> Fragment:
+    """One sweep, curve, circuit or snapshot change as a ``Fragment`` of plain text (``note``: a
+    line under a circuit's heading, e.g. the claims measured on it)."""
     if isinstance(item, dict) and {"before", "after"} <= set(item):
         return Fragment("snapshots", _snapshot_change(item))
     if isinstance(item, Circuit):
-        return Fragment("circuits", _circuit_graph(item, label))
+        return Fragment("circuits", _circuit_graph(item, label, note))
     if isinstance(item, (ParetoCurve, FaithfulnessCurve)):
         return Fragment("sweeps", _curve(item, Entry(item, label, claimed)))
     if hasattr(item, "scores") and hasattr(item, "axes"):
@@ -166,6 +168,7 @@ code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, mo
 .measured { background: #eaeef2; color: #424a53; }
 .changed { background: #fff8c5; color: #7d4e00; }
 .summary { margin: 4px 0; font-size: 14px; }
+.figure h3, .snapshot h3 { overflow-wrap: anywhere; }
 .figure { display: inline-block; vertical-align: top; margin: 0 24px 18px 0; max-width: 100%; overflow-x: auto; }
 svg { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
 svg rect.cell:hover { stroke: #1f2328; stroke-width: 2; }
@@ -173,6 +176,11 @@ table.diff { font-size: 12px; width: 100%; table-layout: fixed; }
 table.diff td { padding: 0 8px; white-space: pre-wrap; word-break: break-all; font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
 table.diff th { text-align: left; padding: 2px 8px; border-bottom: 1px solid var(--line); }
 td.del { background: #ffebe9; } td.ins { background: #dafbe1; } td.skip { color: var(--muted); font-style: italic; }
+table.numbers { table-layout: auto; width: auto; min-width: 60%; }
+table.numbers td { padding: 1px 14px 1px 8px; }
+table.numbers tr.moved td:first-child { font-weight: 600; }
+td.by { color: var(--muted); white-space: nowrap; }
+.snapshot { margin-bottom: 18px; }
 """
 
 
@@ -201,8 +209,8 @@ def _meta_table(meta: dict) -> str:
         if isinstance(value, dict):
             return ", ".join(f"{k} {v}" for k, v in value.items())
         if isinstance(value, (list, tuple, set)):
-            return ", ".join(map(str, value))
-        return str(value)
+            return ", ".join(map(str, value)) or "none"
+        return "none" if value in (None, "") else str(value)
 
     cells = "".join(f"<tr><td>{e(key)}</td><td>{e(text(value))}</td></tr>" for key, value in meta.items())
     return f'<table class="meta">{cells}</table>\n'
@@ -501,13 +509,14 @@ MAX_DRAWN = 300  # a larger circuit (a model's full graph has ~32k edges at GPT-
 MAX_LISTED = 3000  # characters of a circuit's text shown under its graph
 
 
-def _circuit_graph(circuit: Circuit, label: Optional[str]) -> str:
+def _circuit_graph(circuit: Circuit, label: Optional[str], note: Optional[str] = None) -> str:
     what = f"{len(circuit)} {'edges' if circuit.is_edges else 'nodes'}"
+    noted = f'<p class="caption">{e(note)}</p>' if note else ""
     heading = label or circuit.name or ("edge circuit" if circuit.is_edges else "node circuit")
     listing = circuit.short(MAX_LISTED)
     if len(circuit) > MAX_DRAWN:
         return (
-            f'<div class="figure"><h3>{e(heading)}</h3><p class="caption">{what}: too many to draw legibly '
+            f'<div class="figure"><h3>{e(heading)}</h3>{noted}<p class="caption">{what}: too many to draw legibly '
             f'(at most {MAX_DRAWN})</p><p class="note mono">{e(listing)}</p></div>'
         )
     nodes = {}  # text -> (row, order)
@@ -570,7 +579,7 @@ def _circuit_graph(circuit: Circuit, label: Optional[str]) -> str:
     parts.append("</svg>")
     legend = ' · edges into a head are labelled with the input they reach: <b style="color:#0969da">q</b>, <b style="color:#8250df">k</b>, <b style="color:#1a7f37">v</b>' if circuit.is_edges else ""
     return (
-        f'<div class="figure" style="max-width: min(100%, {max(width, 520)}px)"><h3>{e(heading)}</h3><p class="caption">{what}{legend}</p>{"".join(parts)}'
+        f'<div class="figure" style="max-width: min(100%, {max(width, 520)}px)"><h3>{e(heading)}</h3>{noted}<p class="caption">{what}{legend}</p>{"".join(parts)}'
         f'<p class="note mono">{e(listing)}</p></div>'
     )
 
@@ -581,8 +590,95 @@ def _box_width(text: str) -> int:
 
 # -- snapshot changes --------------------------------------------------------------------------------
 
-def _snapshot_change(change: dict, context: int = 3) -> str:
-    before, after = str(change["before"]).splitlines(), str(change["after"]).splitlines()
+_NUMBER = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?(?:inf|nan)$")
+
+
+def _lines(text: str) -> List[Tuple[str, Optional[str]]]:
+    """``[(name, value)]`` of a snapshot's ``name: value`` lines (a line without ``: `` is all name)."""
+    out = []
+    for line in str(text).splitlines():
+        name, sep, value = line.partition(": ")
+        out.append((name, value) if sep else (line, None))
+    return out
+
+
+def _as_number(text: Optional[str]) -> Optional[float]:
+    return float(text) if text is not None and _NUMBER.match(text.strip()) else None
+
+
+def _moved(old: Optional[str], new: Optional[str], rtol: Optional[float], atol: Optional[float]) -> Tuple[bool, str]:
+    """Whether a line moved (beyond tolerance, when one is given) and by how much, as text."""
+    if old == new:
+        return False, ""
+    a, b = _as_number(old), _as_number(new)
+    if a is None or b is None:
+        return True, "changed"
+    if (math.isnan(a) and math.isnan(b)) or a == b:
+        return False, ""
+    delta = b - a
+    text = f"{delta:+.4g}" if math.isfinite(delta) else "changed"
+    if rtol is not None and atol is not None and math.isfinite(delta) and abs(delta) <= atol + rtol * abs(a):
+        return False, text + " (within tolerance)"
+    return True, text
+
+
+def _snapshot_change(change: dict, context: int = 5) -> str:
+    """A changed snapshot: its numbers before (the stored snapshot) and after (this run) side by
+    side, the moved ones marked with how far they moved; a snapshot whose lines differ in names
+    or order is shown as a side-by-side line diff."""
+    before, after = _lines(change["before"]), _lines(change["after"])
+    rtol, atol = change.get("rtol"), change.get("atol")
+    if [name for name, _ in before] == [name for name, _ in after]:
+        head = "<tr><th>number</th><th>before (snapshot)</th><th>after (this run)</th><th>moved</th></tr>"
+        lines, moved = [], 0
+        for (name, old), (_, new) in zip(before, after):
+            beyond, by = _moved(old, new, rtol, atol)
+            moved += beyond
+            row_class, old_class, new_class = (' class="moved"', ' class="del"', ' class="ins"') if beyond else ("", "", "")
+            lines.append((beyond, (
+                f'<tr{row_class}><td>{e(name)}</td><td{old_class}>{e("" if old is None else old)}</td>'
+                f'<td{new_class}>{e("" if new is None else new)}</td><td class="by">{e(by)}</td></tr>'
+            )))
+        rows = _collapsed(lines, context, 4)
+        numbers = sum(_as_number(old) is not None for _, old in before)
+        summary = f"{moved} of {numbers} numbers moved" + ("" if rtol is None else f" beyond rtol={rtol:g}, atol={atol:g}")
+        table = f'<table class="diff numbers"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+    else:
+        table, summary = _line_diff(str(change["before"]).splitlines(), str(change["after"]).splitlines(), context), "the lines differ"
+    test = change.get("test") or "snapshot"
+    status = change.get("status")
+    where = change.get("snapshot")
+    caption = " · ".join(e(part) for part in (status, where, summary) if part)
+    return f'<div class="snapshot"><h3 class="mono">{e(test)}</h3><p class="caption">{caption}</p>{table}</div>'
+
+
+def _collapsed(lines: List[Tuple[bool, str]], context: int, columns: int) -> List[str]:
+    """The rows, with each long run of unmoved lines cut to ``context`` lines either side."""
+    rows, run = [], []
+
+    def flush(at_start: bool, at_end: bool) -> None:
+        if len(run) > 2 * context + 1:
+            head = [] if at_start else run[:context]
+            tail = [] if at_end else run[-context:]
+            hidden = len(run) - len(head) - len(tail)
+            rows.extend(head)
+            rows.append(f'<tr><td class="skip" colspan="{columns}">… {hidden} unchanged lines …</td></tr>')
+            rows.extend(tail)
+        else:
+            rows.extend(run)
+        run.clear()
+
+    for beyond, row in lines:
+        if beyond:
+            flush(not rows, False)
+            rows.append(row)
+        else:
+            run.append(row)
+    flush(not rows, True)
+    return rows
+
+
+def _line_diff(before: List[str], after: List[str], context: int) -> str:
     rows = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
         if tag == "equal":
@@ -601,8 +697,7 @@ def _snapshot_change(change: dict, context: int = 3) -> str:
                 a = f'<td class="del">{e(old[k])}</td>' if k < len(old) else "<td></td>"
                 b = f'<td class="ins">{e(new[k])}</td>' if k < len(new) else "<td></td>"
                 rows.append(f"<tr>{a}{b}</tr>")
-    test = change.get("test") or "snapshot"
     return (
-        f'<div class="snapshot"><h3 class="mono">{e(test)}</h3><table class="diff"><thead><tr><th>before (committed snapshot)</th>'
-        f'<th>after (this run)</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+        '<table class="diff"><thead><tr><th>before (snapshot)</th><th>after (this run)</th></tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table>'
     )

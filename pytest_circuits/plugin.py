@@ -52,6 +52,7 @@ STATE = pytest.StashKey["CircuitsState"]()
 MODEL_SPEC = pytest.StashKey[str]()
 CALL_FAILED = pytest.StashKey[bool]()
 SNAPSHOT_WRITES = pytest.StashKey[DeferredWrites]()
+SNAPSHOT_ASSERTION = pytest.StashKey[CircuitSnapshotAssertion]()  # read for the page's snapshot changes
 
 # (option, ini key, help, default); every option is both a flag and an ini key
 SETTINGS = [
@@ -191,6 +192,9 @@ class CircuitsState:
         self._rows_by_test: Dict[str, List[ClaimRow]] = {}
         self._drawn: List[tuple] = []  # (section, html) of the figures measured since the last report
         self._figures_by_test: Dict[str, List[tuple]] = {}
+        self._edge_circuits: Dict[str, tuple] = {}  # this test's edge circuits: text -> (circuit, claims on it)
+        self._backends_sent: set = set()  # model specs whose backend this process has reported
+        self.backends: Dict[str, str] = {}  # model spec -> the backend that ran it (for the page)
         self.expected: Optional[List[str]] = None  # node ids of the tests selected to run
         self.finished: set = set()  # node ids of the tests that ran to their teardown
         self.not_run: List[str] = []  # set at the end: selected tests that never finished
@@ -269,6 +273,8 @@ class CircuitsState:
         if item is None:
             return  # measured outside a test (e.g. at import time): nothing to attribute it to
         self._measured.append(ClaimRow.of(claim, without_group(item.nodeid), self.checkpoint_of(item), item.stash.get(MODEL_SPEC, None)))
+        if self.html_path is not None:
+            self._note_edge_circuit(claim)
         self.config.hook.pytest_circuits_claim_measured(item=item, result=claim.result, claim=claim)
 
     def checkpoint_of(self, item) -> Optional[str]:
@@ -300,9 +306,67 @@ class CircuitsState:
         fragment = render_figure(result, label=without_group(self.current_item.nodeid))
         self._drawn.append((fragment.section, fragment.html))
 
+    def _note_edge_circuit(self, claim: "Claim") -> None:
+        """An edge circuit a claim was measured on, drawn once per test with every claim on it."""
+        from .circuit import Circuit
+        from .results import fixed
+
+        circuit, result = getattr(claim.result, "circuit", None), claim.result
+        if not isinstance(circuit, Circuit) or not circuit.is_edges:
+            return
+        under = "" if getattr(result, "corruption", None) is None else f" [{result.corruption}]"
+        said = f"{result.kind}{under}: {result.score_name} {fixed(result.score)}, {claim.verdict}"
+        self._edge_circuits.setdefault(str(circuit), (circuit, []))[1].append(said)
+
+    def draw_snapshot_changes(self, item, passed: bool) -> None:
+        """Each snapshot this test compared that did not match (or was updated): its numbers
+        before and after, drawn now so that an xdist worker sends them as text."""
+        assertion = item.stash.get(SNAPSHOT_ASSERTION, None)
+        if self.html_path is None or assertion is None:
+            return
+        from .html_report import render_figure
+
+        extension = assertion.extension_class
+        for result in assertion.executions.values():
+            if result.recalled_data is None or result.asserted_data is None or (result.success and not result.updated):
+                continue
+            if result.updated:
+                status = "updated: this run's numbers replaced the snapshot" if passed else "changed: not written, the test failed"
+            else:
+                status = "changed: the snapshot was kept (--snapshot-update accepts the new numbers)"
+            try:
+                where = str(Path(result.snapshot_location).relative_to(self.config.rootpath))
+            except ValueError:
+                where = str(result.snapshot_location)
+            change = {"test": without_group(item.nodeid), "before": str(result.recalled_data), "after": str(result.asserted_data),
+                      "status": status, "snapshot": where, "rtol": extension.rtol, "atol": extension.atol}
+            fragment = render_figure(change)
+            self._drawn.append((fragment.section, fragment.html))
+
     def take_drawn(self) -> List[tuple]:
+        if self._edge_circuits:
+            from .html_report import render_figure
+
+            label = without_group(self.current_item.nodeid) if self.current_item is not None else None
+            for circuit, said in self._edge_circuits.values():
+                fragment = render_figure(circuit, label=label, note="; ".join(said))
+                self._drawn.append((fragment.section, fragment.html))
+            self._edge_circuits = {}
         drawn, self._drawn = self._drawn, []
         return drawn
+
+    def take_backends(self) -> Dict[str, str]:
+        """Backends of the models this process loaded, each told once (plain text, for xdist)."""
+        if self.html_path is None or self._models is None:
+            return {}
+        new = {}
+        patchers = self._models._patchers  # keyed (id(model), id(pairs), ablation): the backend a model ran on
+        for spec, model in self._models._models.items():
+            backend = next((p.backend for key, p in patchers.items() if key[0] == id(model)), None)
+            if spec not in self._backends_sent and backend is not None:
+                self._backends_sent.add(spec)
+                new[spec] = _backend_text(backend, model)
+        return new
 
     @property
     def figures(self) -> list:
@@ -320,6 +384,7 @@ class CircuitsState:
         figures = getattr(report, "circuits_figures", None)
         if figures:
             self._figures_by_test.setdefault(report.nodeid, []).extend(tuple(figure) for figure in figures)
+        self.backends.update(getattr(report, "circuits_backends", None) or {})
         if getattr(report, "circuits_bad_input", False) and report.nodeid not in self.bad_input:
             self.bad_input.append(report.nodeid)
         if report.when == "teardown":
@@ -338,6 +403,20 @@ class CircuitsState:
         if exitstatus == pytest.ExitCode.INTERRUPTED and not missing:
             return ["(the run was interrupted)"]
         return missing
+
+    def page_meta(self) -> dict:
+        """The page's header: the report's meta with the backend each model ran on."""
+        meta = self.meta()
+        by_text: Dict[str, List[str]] = {}
+        for spec, text in sorted(self.backends.items()):
+            by_text.setdefault(text, []).append(spec)
+        backends = [f"{text} ({', '.join(specs)})" for text, specs in by_text.items()]
+        first = ("model", "models", "checkpoints")
+        return {
+            **{key: meta[key] for key in first},
+            "backends": backends or "none (no model was patched)",
+            **{key: value for key, value in meta.items() if key not in first},
+        }
 
     def meta(self) -> dict:
         """Where the claims come from: every field filled (what a test chose for itself is named)."""
@@ -359,6 +438,13 @@ class CircuitsState:
                 "python": platform.python_version(),
             },
         }
+
+
+def _backend_text(backend, model) -> str:
+    """What ran a model, for the page's header: the adapter, the model's class and architecture."""
+    kind = f"{type(model).__module__.split('.')[0]}.{type(model).__name__}"
+    architecture = getattr(backend, "architecture", None)
+    return " · ".join(str(part) for part in (type(backend).__name__, kind, architecture) if part and part != type(model).__name__)
 
 
 def _version(distribution: str) -> str:
@@ -495,9 +581,14 @@ def pytest_runtest_makereport(item, call):
         rows = [_as_expected(row) for row in rows]
     if rows:
         report.circuits_claims = rows  # plain data: pytest-xdist sends it to the controller
+    if report.when == "call":
+        state.draw_snapshot_changes(item, report.passed)
     drawn = state.take_drawn()
     if drawn:
         report.circuits_figures = drawn
+    backends = state.take_backends()
+    if backends:
+        report.circuits_backends = backends
     if excinfo is not None and _bad_input(excinfo):
         report.circuits_bad_input = True
     if report.when == "call":
@@ -695,6 +786,7 @@ def circuit_snapshot(request, snapshot):
         test_location=snapshot.test_location,
         session=writes,
     )
+    request.node.stash[SNAPSHOT_ASSERTION] = assertion
     yield assertion
     if request.node.stash.get(CALL_FAILED, False):
         keep_unreached_snapshots(assertion)
@@ -732,7 +824,7 @@ def pytest_sessionfinish(session, exitstatus):
         if state.html_path is not None:
             from .html_report import write_html
 
-            write_html(state.html_path, [*state.rows, *state.figures], title="pytest-circuits", meta=state.meta())
+            write_html(state.html_path, [*state.rows, *state.figures], title="pytest-circuits", meta=state.page_meta())
     return result
 
 

@@ -7,9 +7,10 @@ interrupted run never leaves a half-written report.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 from .files import write_atomically
 
@@ -39,6 +40,7 @@ class ClaimRow:
     patched: float
     n_prompts: int
     curve: Optional[dict] = None  # a faithfulness curve's points (budgets, sizes, f), not only its area
+    spread: Optional[Tuple[float, float, float]] = None  # (min, median, max) of the per-prompt scores, for the page
 
     @classmethod
     def of(cls, claim: Claim, test: str, checkpoint: Optional[str], model: Optional[str]) -> "ClaimRow":
@@ -64,7 +66,17 @@ class ClaimRow:
             patched=result.patched,
             n_prompts=result.n_prompts,
             curve=result.curve_points() if hasattr(result, "curve_points") else None,
+            spread=_spread(result),
         )
+
+
+def _spread(result) -> Optional[Tuple[float, float, float]]:
+    """(min, median, max) of a result's per-prompt scores (a minimality result: its circuit's)."""
+    per_prompt = getattr(result, "per_prompt", None) or getattr(getattr(result, "full", None), "per_prompt", None)
+    if not per_prompt:
+        return None
+    values = [float(value) for value in per_prompt]
+    return min(values), statistics.median(values), max(values)
 
 
 COLUMNS = ("test", "checkpoint", "kind", "circuit", "metric", "score", "threshold", "verdict")

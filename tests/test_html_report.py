@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from pytest_circuits import Circuit, Claim, ModelShape, Patcher, beats_random, complete, pareto, sweep
 from pytest_circuits.faithfulness import faithfulness
 from pytest_circuits.html_report import Entry, render_html, write_html
+from pytest_circuits.loading import load_model
 from pytest_circuits.minimality import minimality
 from pytest_circuits.report import ClaimRow
 from pytest_circuits.sweeps import SweepResult
@@ -46,16 +49,22 @@ def example_items():
         Claim(patcher.circuit_only("L0H1 L1H1"), 0.9),
     ]
     heads = sweep(model, pairs, "heads", "noise")
-    before = claims[1].result.to_text()
-    after = before.replace(f"patched: {claims[1].result.patched:.6g}", "patched: 0.0317").replace(
-        f"recovered: {claims[1].result.score:.6g}", "recovered: 0.112"
-    )
+    # the snapshot change: the same claim measured on a checkpoint with the previous-token head zeroed
+    folder = induction.save_checkpoint(Path(tempfile.mkdtemp()) / "damaged", ["L0H1"])
+    damaged = Patcher(load_model(str(folder), "cpu", None), pairs).denoise("L1H1", confidence=0.95)
+    shutil.rmtree(folder.parent)
+    before, after = claims[1].result.to_text(), damaged.to_text()
     return {
         "claims": claims,
         "sweep": heads,
         "pareto": pareto(model, pairs, heads, base="MLP*"),
         "faithfulness": faithfulness(model, pairs, heads),
-        "change": {"test": TESTS[1], "before": before, "after": after},
+        "change": {
+            "test": TESTS[1] + "[damaged]", "before": before, "after": after, "rtol": 1e-4, "atol": 1e-6,
+            "status": "changed: the snapshot was kept (--snapshot-update accepts the new numbers)",
+            "snapshot": "__snapshots__/test_induction_circuit/test_induction_head_is_sufficient.txt",
+        },
+        "damaged": damaged,
     }
 
 
@@ -76,7 +85,12 @@ def page_items(measured):
     ]
 
 
-META = {"model": "toy:induction", "checkpoint": "toy:induction", "backend": "transformer_lens", "versions": {"torch": torch.__version__}}
+META = {
+    "model": "toy:induction",
+    "checkpoints": ["toy:induction", "./damaged"],
+    "backends": ["TransformerLensBackend · transformer_lens.TransformerBridge · GPT2LMHeadModel (./damaged, toy:induction)"],
+    "versions": {"torch": torch.__version__},
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +121,7 @@ def test_every_claim_is_a_row_with_its_verdict_score_interval_threshold_and_spre
     assert [("FAILS" in row) for row in rows[:4]] == [False, False, False, True]
     assert "snapshot changed" in rows[1] and "snapshot changed" not in rows[0]
     assert "measured" in rows[4] and "CPR" in rows[4]
-    for key in ("model", "checkpoint", "backend", "versions", torch.__version__):
+    for key in ("model", "checkpoints", "backends", "versions", torch.__version__):
         assert html.escape(key) in text
 
 
@@ -134,9 +148,33 @@ def test_the_curves_edges_and_snapshot_change_are_drawn(page, measured):
     assert f'<p class="note mono">{html.escape(str(Circuit.parse(INDUCTION_EDGES)))}</p>' in text
     for head_input in "qkv":
         assert f'fill="{ {"q": "#0969da", "k": "#8250df", "v": "#1a7f37"}[head_input] }">{head_input}</text>' in text
-    # the snapshot change: the moved numbers side by side, marked
-    assert '<td class="del">recovered: 1.00011</td><td class="ins">recovered: 0.112</td>' in text
-    assert '<td class="ins">patched: 0.0317</td>' in text
+    # the snapshot change: the moved numbers side by side, marked with how far they moved
+    healthy, damaged = measured["claims"][1].result, measured["damaged"]
+    assert (
+        f'<tr class="moved"><td>clean</td><td class="del">{healthy.clean:.6g}</td><td class="ins">{damaged.clean:.6g}</td>'
+        f'<td class="by">{float(f"{damaged.clean:.6g}") - float(f"{healthy.clean:.6g}"):+.4g}</td></tr>'
+    ) in text
+    assert '<tr><td>kind</td><td>denoise</td><td>denoise</td><td class="by"></td></tr>' in text
+    numbers = sum(bool(re.fullmatch(r"[^:]+: [-+0-9.e]+", line)) for line in healthy.to_text().splitlines())
+    assert re.search(rf"\d+ of {numbers} numbers moved beyond rtol=0.0001, atol=1e-06", text)
+
+
+def test_a_snapshot_change_marks_only_numbers_beyond_its_tolerance():
+    before = "kind: denoise\nclean: 2.0\npatched: 1.0\nrecovered: 0.5\n" + "".join(f"per_prompt[{i}]: 0.5\n" for i in range(20))
+    after = before.replace("clean: 2.0", "clean: 2.0001").replace("recovered: 0.5", "recovered: 0.25")
+    text = render_html([{"test": "t.py::test_a", "before": before, "after": after, "rtol": 1e-4, "atol": 1e-6, "status": "changed"}])
+    assert text.count('<tr class="moved">') == 1
+    assert '<tr class="moved"><td>recovered</td><td class="del">0.5</td><td class="ins">0.25</td><td class="by">-0.25</td></tr>' in text
+    assert '<tr><td>clean</td><td>2.0</td><td>2.0001</td><td class="by">+0.0001 (within tolerance)</td></tr>' in text
+    assert "1 of 23 numbers moved beyond rtol=0.0001, atol=1e-06" in text
+    assert "… 15 unchanged lines …" in text and "<td>per_prompt[4]</td>" in text and "<td>per_prompt[5]</td>" not in text
+    # without a tolerance, every number whose text differs moved
+    assert render_html([{"before": before, "after": after}]).count('<tr class="moved">') == 2
+
+
+def test_a_snapshot_whose_lines_differ_is_a_line_diff():
+    text = render_html([{"test": "t.py::test_a", "before": "kind: noise\ndamage: 0.5\n", "after": "kind: noise\nrecovered: 0.5\n"}])
+    assert '<td class="del">damage: 0.5</td><td class="ins">recovered: 0.5</td>' in text and "the lines differ" in text
 
 
 def test_the_page_is_self_contained(page):
@@ -153,7 +191,7 @@ def test_text_is_escaped(measured, tmp_path):
     text = render_html([(evil, measured["claims"][0]), circuit, {"test": evil, "before": "a: <1>", "after": "a: <2>"}], title=evil, meta={evil: evil})
     assert "<script" not in text and "alert('x')" not in text
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in text
-    assert "a: &lt;2&gt;" in text
+    assert '<td class="ins">&lt;2&gt;</td>' in text and "<2>" not in text
 
 
 def test_the_field_standards_and_the_plugins_rows_are_claim_rows():
