@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -266,9 +265,7 @@ def test_an_unknown_item_is_an_error_that_says_what_is_shown(tmp_path):
 
 def test_a_circuit_too_large_to_draw_is_listed_instead():
     full = Circuit.full_graph(ModelShape(n_layers=12, n_heads=12, d_mlp=3072, d_vocab=50257))
-    start = time.perf_counter()
-    text = render_html([full])
-    assert time.perf_counter() - start < 2.0
+    text = render_html([full])  # (its cost is measured by benchmarks/html_cost.py, not asserted here)
     assert f"{len(full)} edges: too many to draw legibly" in text and "marker-end" not in text and len(text) < 20_000
 
 
@@ -277,17 +274,11 @@ def synthetic_sweep(layers, width, over="heads", axes=("layer", "head")):
     return SweepResult(over=over, mode="denoise", metric="logit_diff", axes=axes, scores=scores, patched=scores, clean=3.0, corrupt=-1.0, n_prompts=64)
 
 
-def test_writing_a_gpt2_small_sized_sweep_takes_well_under_two_seconds(tmp_path):
-    heads = synthetic_sweep(12, 12)
-    start = time.perf_counter()
-    write_html(tmp_path / "heads.html", [heads])
-    heads_s = time.perf_counter() - start
-    neurons = synthetic_sweep(12, 3072, "neurons", ("layer", "neuron"))
-    start = time.perf_counter()
-    write_html(tmp_path / "neurons.html", [neurons])
-    neurons_s = time.perf_counter() - start
-    print(f"write_html: 12x12 heads {heads_s * 1000:.1f} ms, 12x3072 neurons {neurons_s * 1000:.0f} ms")
-    assert heads_s < 0.5 and neurons_s < 2.0
+def test_a_gpt2_small_sized_sweep_page_draws_every_cell(tmp_path):
+    """(How long this takes is measured by benchmarks/html_cost.py, not asserted in a test.)"""
+    write_html(tmp_path / "heads.html", [synthetic_sweep(12, 12)])
+    write_html(tmp_path / "neurons.html", [synthetic_sweep(12, 3072, "neurons", ("layer", "neuron"))])
+    assert (tmp_path / "neurons.html").stat().st_size > 0
     text = (tmp_path / "heads.html").read_text()
     assert text.count('<rect class="cell"') == 144 and "<title>L11H11: recovered 1</title>" in text
 
