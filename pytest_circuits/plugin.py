@@ -28,7 +28,7 @@ from .errors import InputError
 from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
-from .report import ClaimRow, table, write_json
+from .report import ClaimRow, backends, table, title, write_json
 from .snapshot import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -303,6 +303,7 @@ class CircuitsState:
         return {
             "model": self.model_spec or "per test (circuit_model markers)",
             "models": sorted({row.model for row in rows if row.model}),
+            "backends": backends(rows),
             "checkpoints": self.checkpoints,
             "prompts": self.prompt_source or "per test (prompts markers, or the toy's own)",
             "seed": self.seed,
@@ -665,7 +666,7 @@ def pytest_terminal_summary(terminalreporter, config):
     if state.not_run and config.getoption("update_snapshots", False):
         lines.append(f"no snapshot deleted as unused: the run stopped before {_not_run(state)}")
     if lines:
-        terminalreporter.write_sep("=", f"circuit claims ({len(rows)})")
+        terminalreporter.write_sep("=", title(rows))
         for line in lines:
             terminalreporter.write_line(line)
 
