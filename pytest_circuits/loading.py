@@ -282,6 +282,7 @@ def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False)
     """
     name, _, revision = spec.partition("@")
     revision = revision or None
+
     def boot():
         try:
             return _boot_hub(name, device, dtype, revision)
