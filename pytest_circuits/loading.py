@@ -6,6 +6,10 @@ Specs:
   ``path/to/folder``             a local Hugging Face folder: config.json + *.safetensors (never unpickled)
   ``gpt2``, ``org/name@rev``     a hub model booted through TransformerLens; ``@rev`` is a revision
 
+Folders, hub models and toys become a ``TransformerBridge`` where the installed TransformerLens has
+one (3.x, 4.x) and a ``HookedTransformer`` with the same weights where it does not (2.x), so the
+same specs work on every TransformerLens line the package admits.
+
 Everything here works without pytest; the plugin adds its own hook in front of it.
 """
 
@@ -327,7 +331,27 @@ def load_folder(folder: Path, device: torch.device, dtype, spec: Optional[str] =
         raise ModelSpecError(f"cannot load model folder {spec or str(folder)!r}: {_first_line(error)}") from None
     if not wrap:
         return hf_model.to(device), tokenizer
-    return bridge_from_hf(hf_model.to(device), tokenizer, model_name=str(folder))
+    return model_from_hf(hf_model.to(device), tokenizer, model_name=str(folder))
+
+
+def has_bridge() -> bool:
+    """Whether the installed TransformerLens has ``TransformerBridge`` (3.x and 4.x; 2.x does not)."""
+    try:
+        from transformer_lens.model_bridge.sources import build_bridge_from_module  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def model_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
+    """A loaded Hugging Face causal LM as a TransformerLens model: a bridge where TransformerLens has
+    one, else (2.x) a ``HookedTransformer`` converted from the same weights, computing the same numbers
+    (``hooked_transformer_from_hf``; an architecture it does not convert is a BackendError naming those it does)."""
+    if has_bridge():
+        return bridge_from_hf(hf_model, tokenizer, model_name=model_name)
+    from .backends.transformer_lens import hooked_transformer_from_hf
+
+    return hooked_transformer_from_hf(hf_model, tokenizer, model_name=model_name)
 
 
 def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
@@ -349,18 +373,18 @@ def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
 
 def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False):
     """A hub model through TransformerLens: the local cache first, the hub only when reachable.
+    With a bridge, ``TransformerBridge.boot_transformers``; on TransformerLens 2.x the Hugging Face
+    model is loaded and converted to a ``HookedTransformer`` (``model_from_hf``).
 
     Hugging Face loads safetensors when a repository has them and falls back to pickled
     ``pytorch_model.bin`` otherwise; that fallback is refused unless ``allow_pickle``.
     """
     name, _, revision = spec.partition("@")
     revision = revision or None
-    import torch
-    from transformer_lens.model_bridge import TransformerBridge
 
     def boot():
         try:
-            return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
+            return _boot_hub(name, device, dtype, revision)
         except pickle.UnpicklingError as error:
             raise ModelSpecError(f"cannot load model {spec!r}: its pickled weights do not load ({_first_line(error)})") from None
 
@@ -386,6 +410,23 @@ def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False)
         return boot()
     except OSError as error:
         raise ModelSpecError(f"cannot load model {spec!r}: {_first_line(error)}; {WAYS}") from None
+
+
+def _boot_hub(name: str, device, dtype, revision: Optional[str]):
+    import torch
+
+    if has_bridge():
+        from transformer_lens.model_bridge import TransformerBridge
+
+        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype or torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError, KeyError):  # a repository without a tokenizer: token-id prompts still work
+        tokenizer = None
+    return model_from_hf(hf_model.to(device), tokenizer, model_name=name)
 
 
 def _require_safetensors(spec: str, name: str, revision: Optional[str]) -> None:

@@ -89,7 +89,10 @@ class Patcher:
             logits = self._patched_logits(tokens, plan)
         clean, corrupt = self.baselines(metric)
         patched = self.metric_values(metric, logits)
-        return _result(kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name, confidence, self.corruption)
+        return _result(
+            kind, metric, circuit, clean, corrupt, patched, self.ablation, self.backend.name, confidence, self.corruption,
+            backend=getattr(self.backend, "label", None) or type(self.backend).__name__,
+        )
 
     def baselines(self, metric="logit_diff") -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-prompt metric on the clean run and the corrupt run (float64, [batch])."""
@@ -321,7 +324,7 @@ def require_a_gap(clean: torch.Tensor, corrupt: torch.Tensor, metric: Metric, co
         )
 
 
-def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None, corruption=None) -> PatchResult:
+def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name, confidence=None, corruption=None, backend=None) -> PatchResult:
     m_clean, m_corrupt, m_patched = (float(x.mean()) for x in (clean, corrupt, patched))
     gap = m_clean - m_corrupt
     require_a_gap(clean, corrupt, metric, corruption)
@@ -344,6 +347,7 @@ def _result(kind, metric, circuit, clean, corrupt, patched, ablation, model_name
         ci=None if confidence is None else bootstrap_interval(kind, clean, corrupt, patched, confidence),
         confidence=confidence,
         corruption=corruption,
+        backend=backend,
     )
 
 

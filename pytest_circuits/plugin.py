@@ -31,7 +31,7 @@ from .files import remove_stale_temporaries
 from .ini_files import unread_settings
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
 from .prompt_paths import PromptPathError, prompt_file
-from .report import ClaimRow, table, write_json
+from .report import ClaimRow, backends, table, title, write_json
 from .xdist_groups import mark_groups, without_group
 from .snapshot import (
     DEFAULT_ATOL,
@@ -426,6 +426,7 @@ class CircuitsState:
         return {
             "model": self.model_spec or "per test (circuit_model markers)",
             "models": sorted({row.model for row in rows if row.model}),
+            "backends": backends(rows),
             "checkpoints": self.checkpoints,
             "prompts": self.prompt_source or "per test (prompts markers, or the toy's own)",
             "seed": self.seed,
@@ -869,7 +870,7 @@ def pytest_terminal_summary(terminalreporter, config):
     if state.not_run and config.getoption("update_snapshots", False):
         lines.append(f"no snapshot deleted as unused: the run stopped before {_not_run(state)}")
     if lines:
-        terminalreporter.write_sep("=", f"circuit claims ({len(rows)})")
+        terminalreporter.write_sep("=", title(rows))
         for line in lines:
             terminalreporter.write_line(line)
 

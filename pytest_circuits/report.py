@@ -41,6 +41,7 @@ class ClaimRow:
     n_prompts: int
     curve: Optional[dict] = None  # a faithfulness curve's points (budgets, sizes, f), not only its area
     spread: Optional[Tuple[float, float, float]] = None  # (min, median, max) of the per-prompt scores, for the page
+    backend: Optional[str] = None  # what patched it: "transformer_lens 4.3.0 bridge"
 
     @classmethod
     def of(cls, claim: Claim, test: str, checkpoint: Optional[str], model: Optional[str]) -> "ClaimRow":
@@ -67,6 +68,7 @@ class ClaimRow:
             n_prompts=result.n_prompts,
             curve=result.curve_points() if hasattr(result, "curve_points") else None,
             spread=_spread(result),
+            backend=backend_of(result),
         )
 
 
@@ -79,6 +81,20 @@ def _spread(result) -> Optional[Tuple[float, float, float]]:
     return min(values), statistics.median(values), max(values)
 
 
+def backend_of(result) -> Optional[str]:
+    """The backend a result was measured on; a judged result (minimality, completeness, a curve,
+    random baselines) is named by the circuit's own measurement it carries (``full``)."""
+    backend = getattr(result, "backend", None)
+    if backend is None and getattr(result, "full", None) is not None:
+        backend = getattr(result.full, "backend", None)
+    return backend
+
+
+def backends(rows: Iterable[ClaimRow]) -> List[str]:
+    """The backends that measured ``rows``, sorted, each once."""
+    return sorted({row.backend for row in rows if row.backend})
+
+
 COLUMNS = ("test", "checkpoint", "kind", "circuit", "metric", "score", "threshold", "verdict")
 
 
@@ -87,9 +103,14 @@ def _cut(text: str, width: int) -> str:
 
 
 def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 64) -> List[str]:
-    """Aligned text lines: a header and one line per claim (tests named without their folders)."""
+    """Aligned text lines: a header and one line per claim (tests named without their folders).
+    Claims measured on more than one backend get a ``backend`` column; one backend is named once,
+    in the table's title (``title``)."""
     from .results import fixed, negative_components_left_out
 
+    rows = list(rows)
+    per_row = len(backends(rows)) > 1
+    columns = COLUMNS + (("backend",) if per_row else ())
     cells = []
     for row in rows:
         circuit = _cut(row.circuit, circuit_width) + ("" if row.corruption is None else f" [{row.corruption}]")
@@ -107,10 +128,18 @@ def table(rows: Iterable[ClaimRow], circuit_width: int = 32, test_width: int = 6
                 "-" if row.threshold is None else f"{row.threshold:g}",
                 row.verdict + flag,
             )
+            + ((row.backend or "-",) if per_row else ())
         )
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(COLUMNS)]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
-    return [line(COLUMNS)] + [line(c) for c in cells]
+    return [line(columns)] + [line(c) for c in cells]
+
+
+def title(rows: Iterable[ClaimRow]) -> str:
+    """The table's title: how many claims, and the backend when one measured them all."""
+    rows = list(rows)
+    names = backends(rows)
+    return f"circuit claims ({len(rows)})" + (f" on {names[0]}" if len(names) == 1 else "")
 
 
 def write_json(path: Path, rows: Iterable[ClaimRow], meta: dict) -> Path:

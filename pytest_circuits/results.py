@@ -61,6 +61,7 @@ class PatchResult:
     ci: Optional[Tuple[float, float]] = None  # bootstrap interval of the score, when asked for
     confidence: Optional[float] = None
     corruption: Optional[str] = None  # which named corrupt set, when the pairs carry several
+    backend: Optional[str] = None  # what patched it: "transformer_lens 4.3.0 bridge" (backend.label)
 
     @property
     def score_name(self) -> str:
@@ -90,10 +91,13 @@ class PatchResult:
             "ci": None if self.ci is None else list(self.ci),
             "confidence": self.confidence,
             "corruption": self.corruption,
+            "backend": self.backend,
         }
 
     def to_text(self) -> str:
-        """Stable, line-per-number text for snapshots."""
+        """Stable, line-per-number text for snapshots. It does not name the backend: the same claim
+        on the same weights keeps one snapshot whichever backend measures it (``summary`` and
+        ``str`` name it)."""
         lines = [
             f"kind: {self.kind}",
             f"circuit: {self.circuit}",
@@ -126,13 +130,16 @@ class PatchResult:
         if self.ci is not None:
             lines.append(f"  {self.confidence:.0%} interval [{fixed(self.ci[0])}, {fixed(self.ci[1])}] (bootstrap over prompts)")
         lines.append(f"  per prompt: min {fixed(low)}, median {fixed(mid)}, max {fixed(high)}")
+        if self.backend:
+            lines.append(f"  measured on {self.backend}")
         return "\n".join(lines)
 
     def _under(self) -> str:
         return "" if self.corruption is None else f", corrupt set {self.corruption!r}"
 
     def __str__(self) -> str:
-        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={fixed(self.score)} over {self.n_prompts} prompts{self._under()}"
+        on = f" on {self.backend}" if self.backend else ""
+        return f"{self.kind}({self.circuit}) {self.metric} {self.score_name}={fixed(self.score)} over {self.n_prompts} prompts{self._under()}{on}"
 
 
 @dataclass(frozen=True)

@@ -484,7 +484,10 @@ def _embed_write(hf, tokens):
         return F.embedding(tokens, hf.transformer.wte.weight)
     if fam == "gemma":
         emb = hf.model.embed_tokens
-        return F.embedding(tokens, emb.weight) * emb.embed_scale.to(emb.weight.dtype)  # sqrt(d)
+        # sqrt(d): transformers 5 keeps it on the embedding module, 4.x computes it in the model's forward
+        scale = getattr(emb, "embed_scale", None)
+        scale = torch.tensor(hf.config.hidden_size**0.5) if scale is None else scale
+        return F.embedding(tokens, emb.weight) * scale.to(emb.weight.dtype)
     if fam in _LLAMA_LIKE:
         return F.embedding(tokens, hf.model.embed_tokens.weight)
     if fam == "opt":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from families import build_hf
 
-HOOKED_FAMILIES = ("gpt2", "llama", "mistral", "neox")
+HOOKED_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gemma", "neox")
 
 
 def hooked_transformer_missing() -> str:

@@ -23,14 +23,17 @@ import hf_reference as ref  # noqa: E402
 import test_conformance as conf  # noqa: E402
 from families import GQA_FAMILIES, PARALLEL_FAMILIES, build_hf, random_prompts  # noqa: E402
 
-from pytest_circuits import BackendError, Patcher, PromptPairs  # noqa: E402
+from pytest_circuits import BackendError, Patcher, PromptError, PromptPairs  # noqa: E402
+from pytest_circuits import loading  # noqa: E402
 from pytest_circuits.backends import TransformerLensBackend  # noqa: E402
+from pytest_circuits.backends.transformer_lens import _hooked_config, hooked_transformer_from_hf  # noqa: E402
 
 DTYPES = conf.DTYPES
-# Hugging Face's Llama and Mistral compute their RMSNorm in float32 even in a float64 model (it casts the input
-# down); HookedTransformer's computes in float64. The two models themselves then differ by ~1e-6 in
-# float64 (measured: 5e-7 in the logits), so float64 checks on these families hold to 1e-5.
-FLOAT32_NORM_FAMILIES = ("llama", "mistral")
+# Hugging Face's Llama, Mistral, Qwen2 and Gemma compute their RMSNorm in float32 even in a float64 model (it
+# casts the input down); HookedTransformer's computes in float64. The two models themselves then differ by
+# ~1e-6 in float64 (measured on these tiny models, max |logit difference|: 1.4e-6 Llama, 2.0e-6 Mistral,
+# 1.3e-6 Qwen2, 2.8e-6 Gemma; 6e-15 GPT-2), so float64 checks on these families hold to 1e-5.
+FLOAT32_NORM_FAMILIES = ("llama", "mistral", "qwen2", "gemma")
 FLOAT64_TOL_THERE = 1e-5
 
 
@@ -173,6 +176,11 @@ def test_minimality_and_pareto(hooked, family):
     hooked.test_minimality_and_pareto(family)
 
 
+@pytest.mark.parametrize("family", HOOKED_FAMILIES)
+def test_eap_ig(hooked, family):
+    hooked.test_eap_ig_on_every_family_that_has_edges(family)
+
+
 def test_neuron_receivers_are_refused_when_the_recomputed_activation_disagrees():
     """A neuron receiver recomputes the neuron from its input outside the forward; where that
     recomputation does not match the model's own activations, neuron receivers are refused."""
@@ -181,3 +189,94 @@ def test_neuron_receivers_are_refused_when_the_recomputed_activation_disagrees()
     with pytest.raises(BackendError, match="single neurons"):
         backend.check_neuron_receivers()
     backend.check_edges()  # the rest of path patching still works
+
+
+# -- loading specs without a bridge (TransformerLens 2.x) ------------------------------------------
+@pytest.fixture
+def no_bridge(monkeypatch):
+    """As on TransformerLens 2.x, which has no TransformerBridge (there this changes nothing; on 3.x,
+    which has both, it makes the loaders take the HookedTransformer path)."""
+    monkeypatch.setattr(loading, "has_bridge", lambda: False)
+
+
+def _same_logits(model, hf, tokens) -> float:
+    with torch.no_grad():
+        return float((model(tokens) - hf(tokens).logits).abs().max())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_a_folder_spec_loads_as_a_hooked_transformer(no_bridge, tmp_path, family):
+    hf = build_hf(family)
+    hf.save_pretrained(tmp_path / family)
+    model = loading.load_model(str(tmp_path / family), "cpu")
+    assert type(model).__name__ == "HookedTransformer" and model.cfg.original_architecture == type(hf).__name__
+    assert _same_logits(model, hf, torch.stack(random_prompts(3, 12)[0])) < 1e-4
+    assert TransformerLensBackend(model).label.endswith(" HookedTransformer")
+
+
+def test_a_hub_spec_loads_from_the_local_cache_as_a_hooked_transformer(no_bridge, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--someone--tiny-llama" / "snapshots" / ("0" * 40)
+    hf = build_hf("llama")
+    hf.save_pretrained(snapshot)
+    (tmp_path / "models--someone--tiny-llama" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny-llama" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("transformers.utils.hub.TRANSFORMERS_CACHE", str(tmp_path), raising=False)  # transformers 4.x reads its own copy
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = loading.load_model("someone/tiny-llama", "cpu")
+    assert type(model).__name__ == "HookedTransformer" and model.cfg.n_key_value_heads == 2
+    assert _same_logits(model, hf, torch.stack(random_prompts(3, 12)[0])) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gptj", "opt", "bloom"])
+def test_an_architecture_without_a_conversion_is_refused_naming_those_with_one(no_bridge, tmp_path, family):
+    hf = build_hf(family)
+    hf.save_pretrained(tmp_path / family)
+    with pytest.raises(BackendError) as error:
+        loading.load_model(str(tmp_path / family), "cpu")
+    message = str(error.value)
+    assert f"cannot build a TransformerLens HookedTransformer from a {type(hf).__name__}" in message
+    assert "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GemmaForCausalLM" in message
+    assert "HookedTransformer.from_pretrained" in message and "TransformerLens 4.x" in message
+
+
+# -- sliding windows: refused beyond them, not computed differently ----------------------------------
+def test_the_context_is_the_sliding_window_where_one_applies():
+    import transformers
+
+    shape = dict(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=48,
+                 vocab_size=50, max_position_embeddings=64)
+
+    def n_ctx(cls, architecture, **window):
+        return _hooked_config(architecture, getattr(transformers, cls)(**shape, **window))["n_ctx"]
+
+    assert n_ctx("MistralConfig", "MistralForCausalLM", sliding_window=16) == 16
+    assert n_ctx("MistralConfig", "MistralForCausalLM", sliding_window=None) == 64
+    assert n_ctx("Qwen2Config", "Qwen2ForCausalLM", use_sliding_window=True, sliding_window=16, max_window_layers=1) == 16
+    assert n_ctx("Qwen2Config", "Qwen2ForCausalLM", use_sliding_window=True, sliding_window=16, max_window_layers=2) == 64
+    assert n_ctx("Qwen2Config", "Qwen2ForCausalLM", use_sliding_window=False, sliding_window=16) == 64
+    assert n_ctx("LlamaConfig", "LlamaForCausalLM") == 64
+
+
+def test_a_prompt_longer_than_the_sliding_window_is_refused():
+    hf = build_hf("mistral")
+    hf.config.sliding_window = 8
+    model = hooked_transformer_from_hf(hf)
+    clean, corrupt, answers = random_prompts(5, 12, lengths=[8, 8, 8, 8, 12])
+    inside = torch.stack(clean[:4])
+    assert _same_logits(model, hf, inside) < 1e-4  # within the window the models agree
+    pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
+    with pytest.raises(PromptError, match="prompt 4: 12 tokens, more than the model's context of 8 tokens"):
+        Patcher(model, pairs).denoise("L0H0")
+
+
+def test_the_backend_names_transformer_lens_its_version_and_hooked_transformer():
+    from importlib.metadata import version
+
+    model, pairs, _ = hooked_setup("gemma", "float32")
+    assert TransformerLensBackend(model).label == f"transformer_lens {version('transformer_lens')} HookedTransformer"
+    result = Patcher(model, pairs).denoise("L0H0")
+    assert result.backend == f"transformer_lens {version('transformer_lens')} HookedTransformer"

@@ -85,10 +85,11 @@ def _bridge_missing() -> bool:
 
 
 def pytest_configure(config):
-    """Under TransformerLens 2.x (no bridge), the suite's GPT-2 models are built as
-    ``HookedTransformer`` instead: ``loading.bridge_from_hf`` (which the toys, ``random_models`` and
-    the conformance suite call) is replaced in this process by ``hooked_transformer_from_hf``; other
-    architectures skip here (``test_hooked_transformer.py`` runs them on ``HookedTransformer``)."""
+    """Under TransformerLens 2.x (no bridge) the toys, ``random_models`` and folder and hub specs
+    load as ``HookedTransformer`` by themselves (``loading.model_from_hf``). Tests that ask for a
+    bridge by name (``loading.bridge_from_hf``: the conformance suite) get a
+    ``HookedTransformer`` of their GPT-2 models instead; other architectures skip here
+    (``test_hooked_transformer.py`` runs them on ``HookedTransformer``, with their tolerances)."""
     if not ACTIVE or not _bridge_missing():
         return
     from pytest_circuits import loading

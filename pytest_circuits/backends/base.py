@@ -47,6 +47,8 @@ class Backend(Protocol):
     tokenizer: object
     device: torch.device
     name: str
+    label: str  # the library, its version and the kind of model, named in results and reports
+
 
     def run(
         self,

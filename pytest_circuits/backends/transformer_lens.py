@@ -46,6 +46,20 @@ def is_transformer_lens_model(model) -> bool:
     return hasattr(model, "run_with_hooks") and hasattr(model, "cfg") and hasattr(model, "hook_dict")
 
 
+def backend_label(model) -> str:
+    """``transformer_lens 4.3.0 bridge`` or ``transformer_lens 2.18.0 HookedTransformer``: what
+    patched a result, for its text, the claims table and the JSON report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("transformer_lens")
+    except PackageNotFoundError:
+        installed = "(version unknown)"
+    bridge = any(cls.__name__ == "TransformerBridge" for cls in type(model).__mro__)
+    kind = "bridge" if bridge else type(model).__name__  # HookedTransformer, or a subclass named as itself
+    return f"transformer_lens {installed} {kind}"
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal up to the rounding of the model's dtype, relative to the tensors' scale."""
     if a.shape != b.shape:
@@ -129,6 +143,7 @@ class TransformerLensBackend:
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
         self.device, self.devices = _devices(model, self.name)  # engine tensors live on self.device
+        self.label = backend_label(model)
         _align_config_dtype(model)
         self.shape = ModelShape(
             n_layers=cfg.n_layers,
@@ -624,8 +639,43 @@ HOOKED_CONVERSIONS = {  # Hugging Face class -> TransformerLens's weight convers
     "GPT2LMHeadModel": "convert_gpt2_weights",
     "LlamaForCausalLM": "convert_llama_weights",
     "MistralForCausalLM": "convert_mistral_weights",
+    "Qwen2ForCausalLM": "convert_qwen2_weights",
+    "GemmaForCausalLM": "convert_gemma_weights",
     "GPTNeoXForCausalLM": "convert_neox_weights",
 }
+
+
+def _rope_base(c, default: float = 10000.0) -> float:
+    rope = getattr(c, "rope_parameters", None) or {}  # transformers 5 keeps rope_theta here
+    return float(rope.get("rope_theta", getattr(c, "rope_theta", None) or default))
+
+
+def _attended_context(c) -> int:
+    """The longest prompt every layer attends to in full: the model's context, or its sliding window
+    where one applies (Mistral; Qwen2 with ``use_sliding_window``). ``HookedTransformer`` attends to
+    every earlier position, so it is given no longer a context than that: a longer prompt is then
+    refused as too long instead of measured differently from the Hugging Face model."""
+    n_ctx = c.max_position_embeddings
+    window = getattr(c, "sliding_window", None)
+    if getattr(c, "use_sliding_window", True) is False:  # Qwen2 keeps a window size it does not use
+        window = None
+    elif window and getattr(c, "max_window_layers", None) is not None and c.max_window_layers >= c.num_hidden_layers:
+        window = None  # Qwen2: only the layers from max_window_layers on slide; here none does
+    return min(n_ctx, int(window)) if window else n_ctx
+
+
+def _rotary_decoder(c, head_dim: int, **fields) -> dict:
+    """The fields shared by the Llama-style decoders: RMS norms, gated MLP, rotary attention over the
+    whole head, grouped-query attention when there are fewer key/value heads."""
+    fields = dict(
+        d_model=c.hidden_size, d_head=head_dim, n_layers=c.num_hidden_layers, n_ctx=_attended_context(c),
+        n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, act_fn=c.hidden_act,
+        eps=c.rms_norm_eps, normalization_type="RMS", final_rms=True, gated_mlp=True,
+        positional_embedding_type="rotary", rotary_dim=head_dim, rotary_base=_rope_base(c), **fields,
+    )
+    if c.num_key_value_heads != c.num_attention_heads:
+        fields["n_key_value_heads"] = c.num_key_value_heads
+    return fields
 
 
 def _hooked_config(architecture: str, c) -> dict:
@@ -638,17 +688,15 @@ def _hooked_config(architecture: str, c) -> dict:
             normalization_type="LN", positional_embedding_type="standard",
             scale_attn_by_inverse_layer_idx=bool(getattr(c, "scale_attn_by_inverse_layer_idx", False)),
         )
-    if architecture in ("LlamaForCausalLM", "MistralForCausalLM"):
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        fields = dict(
-            d_model=c.hidden_size, d_head=head_dim, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
-            n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, act_fn=c.hidden_act,
-            eps=c.rms_norm_eps, normalization_type="RMS", final_rms=True, gated_mlp=True,
-            positional_embedding_type="rotary", rotary_dim=head_dim,
-            rotary_base=float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
-        )
-        if c.num_key_value_heads != c.num_attention_heads:
-            fields["n_key_value_heads"] = c.num_key_value_heads
+    if architecture in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"):
+        # Qwen2 differs only in its q/k/v biases, which its weight conversion carries
+        return _rotary_decoder(c, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    if architecture == "GemmaForCausalLM":
+        # the embedding scaled by sqrt(d_model) and the (1 + w) norm gains are in the weight conversion;
+        # the MLP applies hidden_act (Hugging Face's GemmaMLP reads it, not hidden_activation)
+        fields = _rotary_decoder(c, c.head_dim)
+        if "n_key_value_heads" not in fields:
+            fields["n_key_value_heads"] = c.num_key_value_heads  # TransformerLens's Gemma conversion reads it
         return fields
     if architecture == "GPTNeoXForCausalLM":
         head_dim = c.hidden_size // c.num_attention_heads
@@ -657,7 +705,7 @@ def _hooked_config(architecture: str, c) -> dict:
             d_model=c.hidden_size, d_head=head_dim, n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings,
             n_heads=c.num_attention_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size, act_fn=c.hidden_act,
             eps=c.layer_norm_eps, normalization_type="LN", positional_embedding_type="rotary",
-            rotary_dim=int(head_dim * pct), rotary_base=float(rope.get("rope_theta", getattr(c, "rotary_emb_base", 10000.0))),
+            rotary_dim=int(head_dim * pct), rotary_base=_rope_base(c, getattr(c, "rotary_emb_base", 10000.0)),
             parallel_attn_mlp=bool(c.use_parallel_residual),
         )
     raise BackendError(f"no HookedTransformer conversion for {architecture}")
@@ -665,7 +713,7 @@ def _hooked_config(architecture: str, c) -> dict:
 
 def hooked_transformer_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
     """A TransformerLens 2.x/3.x ``HookedTransformer`` computing what a loaded Hugging Face model
-    computes (GPT-2, Llama, Mistral, GPT-NeoX): its config read from the model's, its weights through
+    computes (GPT-2, Llama, Mistral, Qwen2, Gemma, GPT-NeoX): its config read from the model's, its weights through
     TransformerLens's own conversions, unprocessed (no folding or centering), its rotary tables
     taken from the Hugging Face model. For TransformerLens without ``TransformerBridge``; leaves the
     global RNG alone."""
@@ -677,8 +725,9 @@ def hooked_transformer_from_hf(hf_model, tokenizer=None, model_name: str = "loca
     architecture = type(hf_model).__name__
     if architecture not in HOOKED_CONVERSIONS or not hasattr(weight_conversions, HOOKED_CONVERSIONS[architecture]):
         raise BackendError(
-            f"pytest-circuits cannot build a HookedTransformer from a {architecture} here; it converts "
-            f"{', '.join(HOOKED_CONVERSIONS)}. Load the model with HookedTransformer.from_pretrained(...) instead."
+            f"pytest-circuits cannot build a TransformerLens HookedTransformer from a {architecture}: it converts "
+            f"{', '.join(HOOKED_CONVERSIONS)}. Load the model with transformer_lens.HookedTransformer.from_pretrained(...) "
+            "(in a package.module:factory model spec), or use TransformerLens 4.x, whose TransformerBridge wraps it."
         )
     dtype = next(hf_model.parameters()).dtype
     device = next(hf_model.parameters()).device

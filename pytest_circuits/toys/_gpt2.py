@@ -60,10 +60,11 @@ def gpt2_config(**overrides):
 
 
 def bridge(hf_model, tokenizer=None, model_name: str = "toy"):
-    """Wrap a local ``GPT2LMHeadModel`` as a ``TransformerBridge`` in eval mode."""
-    from ..loading import bridge_from_hf
+    """Wrap a local ``GPT2LMHeadModel`` for TransformerLens in eval mode: a ``TransformerBridge``, or a
+    ``HookedTransformer`` on TransformerLens 2.x (``loading.model_from_hf``)."""
+    from ..loading import model_from_hf
 
-    return bridge_from_hf(hf_model, tokenizer, model_name=model_name)
+    return model_from_hf(hf_model, tokenizer, model_name=model_name)
 
 
 def save_weights(hf_model, folder: Path) -> None:
