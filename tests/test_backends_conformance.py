@@ -16,7 +16,7 @@ import hf_reference as ref
 import pytest
 import torch
 from families import build_hf, random_prompts
-from test_conformance import CIRCUIT_ONLY, LENGTHS, NODE_CIRCUITS, TOL, Reference, close, complement, selected
+from test_conformance import CIRCUIT_ONLY, LENGTHS, NODE_CIRCUITS, Reference, close, complement, selected
 
 from pytest_circuits import BackendError, Patcher, PromptPairs, attribute
 from pytest_circuits.backends import backend_for

@@ -334,7 +334,6 @@ def test_the_page_renders_in_chromium_without_console_errors(page, tmp_path):
 
 if __name__ == "__main__":  # rebuild docs/report-example.png: python tests/test_html_report.py
     import pathlib
-    import tempfile
 
     folder = pathlib.Path(tempfile.mkdtemp())
     example = write_html(folder / "circuits.html", page_items(example_items()), title="pytest-circuits: examples", meta=META)

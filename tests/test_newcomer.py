@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -136,7 +135,7 @@ def test_a_test_stopped_by_bad_input_at_setup_keeps_its_snapshot_under_update(py
 
 
 # -- 4. factory specs and the loader hook -----------------------------------------------------------
-FACTORY = f"""
+FACTORY = """
 from pytest_circuits.toys import redundant
 
 def make():
@@ -436,7 +435,10 @@ def test_ci_run_removes_its_virtual_environment_even_when_it_fails(tmp_path):
     bin_dir.mkdir()
     for name in ("python3", "python"):
         stub = bin_dir / name
-        stub.write_text('#!/bin/sh\nif [ "$2" = venv ]; then mkdir -p "$3/bin" && touch "$3/bin/activate" && head -c 1000 /dev/zero > "$3/big"; exit 0; fi\nexit 3\n')
+        stub.write_text(  # a venv whose own python fails too
+            '#!/bin/sh\nif [ "$2" = venv ]; then mkdir -p "$3/bin" && touch "$3/bin/activate" && head -c 1000 /dev/zero > "$3/big"'
+            ' && printf "#!/bin/sh\\nexit 3\\n" > "$3/bin/python" && chmod +x "$3/bin/python"; exit 0; fi\nexit 3\n'
+        )
         stub.chmod(0o755)
     temp = tmp_path / "tmp"
     temp.mkdir()

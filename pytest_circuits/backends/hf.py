@@ -15,7 +15,7 @@ import torch
 
 from ..nodes import ModelShape
 from .base import BackendError, Patch, Site
-from .hf_layout import NODE_KINDS, Layout, Point, _close, attention_write_point, find_layout, out_weight
+from .hf_layout import Layout, Point, _close, attention_write_point, find_layout, out_weight
 
 Handler = Callable[[torch.Tensor], torch.Tensor]
 

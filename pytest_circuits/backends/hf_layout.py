@@ -16,7 +16,7 @@ replaces exactly its write), a neuron layer the input of its MLP's down projecti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
