@@ -323,8 +323,16 @@ def _colour(value: float, scale: float) -> str:
 
 def _heatmap(sweep, label: Optional[str]) -> str:
     """Layers as rows (layer 0 on top, as in the papers' plots), heads / positions / neurons as columns."""
-    grid = sweep.scores.detach().double().cpu().tolist()
+    scores = sweep.scores.detach().double().cpu()
     axes = tuple(sweep.axes)
+    row_names = None
+    if scores.ndim == 3:  # per-position heads [layer, pos, head]: one row per head (L0H0, L0H1, ...), positions as columns
+        n_layers, n_pos, n_heads = scores.shape
+        row_names = [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
+        grid = scores.permute(0, 2, 1).reshape(n_layers * n_heads, n_pos).tolist()
+        axes = ("head", axes[1])
+    else:
+        grid = scores.tolist()
     if not isinstance(grid, list):  # a 0-d tensor
         grid = [grid]
     one_d = not grid or not isinstance(grid[0], list)
@@ -346,10 +354,15 @@ def _heatmap(sweep, label: Optional[str]) -> str:
     naming = getattr(sweep, "label", None)
     for i, values in enumerate(grid):
         y = top + i * cell_h
-        parts.append(f'<text x="{left - 6}" y="{y + cell_h / 2 + 4:.1f}" text-anchor="end" font-size="11" fill="#424a53">L{i}</text>')
+        row = row_names[i] if row_names else f"L{i}"
+        parts.append(f'<text x="{left - 6}" y="{y + cell_h / 2 + 4:.1f}" text-anchor="end" font-size="11" fill="#424a53">{row}</text>')
         for j, value in enumerate(values):
             x = left + j * cell_w
-            name = naming((i,) if one_d else (i, j)) if naming else f"L{i} {col_axis} {j}"
+            if row_names:
+                index = (i // scores.shape[2], j, i % scores.shape[2])
+            else:
+                index = (i,) if one_d else (i, j)
+            name = naming(index) if naming else f"{row} {col_axis} {j}"
             parts.append(
                 f'<rect class="cell" x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{_colour(value, scale)}">'
                 f"<title>{e(name)}: {score_name} {value:.4g}</title></rect>"

@@ -340,3 +340,13 @@ if __name__ == "__main__":  # rebuild docs/report-example.png: python tests/test
     target = pathlib.Path(__file__).resolve().parent.parent / "docs" / "report-example.png"
     code, _, stderr = chromium(f"--screenshot={target}", "--window-size=1200,2580", example.as_uri(), tmp_path=folder)
     print(example, target, "exit", code)
+
+
+def test_a_per_position_head_sweep_is_drawn_one_row_per_head():
+    """``[layer, pos, head]`` scores: rows L0H0, L0H1, ..., positions as columns, each cell named."""
+    scores = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(2, 3, 4) / 24
+    sweep = SweepResult(over="heads", mode="denoise", metric="logit_diff", axes=("layer", "pos", "head"), scores=scores,
+                        patched=scores, clean=1.0, corrupt=0.0, n_prompts=5)
+    text = render_html([sweep])
+    assert text.count('<rect class="cell"') == 24 and ">L1H3</text>" in text
+    assert f"<title>L1H2@1: recovered {float(scores[1, 1, 2]):.4g}</title>" in text

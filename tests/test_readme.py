@@ -38,3 +38,17 @@ def test_the_checkpoint_showcase_runs_as_written(tmp_path):
     assert "[damaged]" in out and "FAILED examples/test_induction_circuit.py::test_previous_token_head_is_necessary[damaged]" in out
     assert "damage: 0.855414 →" in out  # each failure lists the snapshot numbers that moved, as the README says
     assert {p: p.read_bytes() for p in snapshots} == snapshots  # the snapshot files stay as they were
+
+
+def test_the_page_command_runs_as_written(tmp_path):
+    """`pytest examples --circuits-html circuits.html`, exactly as the README's page section writes
+    it, run from a copy of the repository's examples: the run passes and the page is there."""
+    text = (ROOT / "README.md").read_text()
+    command = re.search(r"`(pytest examples --circuits-html circuits\.html)`", text).group(1)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        f"{sys.executable} -m {command} -p no:cacheprovider", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    page = (tmp_path / "circuits.html").read_text()
+    assert "<svg" in page and 'class="cell"' in page and "holds" in page
