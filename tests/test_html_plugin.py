@@ -153,11 +153,11 @@ def test_nodes(circuits):
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_edge_circuits_measured_in_tests_are_drawn_as_graphs(pytester, workers):
-    pytester.makepyfile(test_paths=EDGE_TESTS)
+    pytester.makepyfile(test_edge_page=EDGE_TESTS)
     run(pytester, *workers, "--circuits-html", "page.html").assert_outcomes(passed=3)
     circuits = section((pytester.path / "page.html").read_text(), "circuits")
     drawn = re.findall(r"<h3>(.*?)</h3>", circuits)
-    assert drawn == ["test_paths.py::test_paths", "test_paths.py::test_peace_into_the_head"]  # node circuits are rows only
+    assert drawn == ["test_edge_page.py::test_paths", "test_edge_page.py::test_peace_into_the_head"]  # node circuits are rows only
     for edge in ("embed@Nobel -&gt; L0H0", "embed@Peace -&gt; L1N42", "embed@Peace -&gt; L0H0"):
         assert f"<title>{edge}</title></path>" in circuits
     for node in ("embed", "L0H0", "L1N42"):
@@ -170,7 +170,7 @@ def test_the_header_names_model_checkpoints_backend_and_versions(pytester):
 
     import pytest_circuits
 
-    pytester.makepyfile(test_paths=EDGE_TESTS)
+    pytester.makepyfile(test_edge_page=EDGE_TESTS)
     run(pytester, "--circuits-html", "page.html").assert_outcomes(passed=3)
     page = (pytester.path / "page.html").read_text()
     assert meta_row(page, "models") == "toy:nobel" and meta_row(page, "checkpoints") == "none"
