@@ -6,6 +6,7 @@ the last good report byte-identical. Signals are sent by PID to a child pytest.
 """
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -81,6 +82,7 @@ def test_update_writes_snapshots_only_for_tests_that_passed_and_claims_that_held
     before = stored(pytester)
 
     pytester.makepyfile(test_claims=SECOND)
+    shutil.rmtree(pytester.path / "__pycache__", ignore_errors=True)  # no stale bytecode of FIRST (same second)
     result = run(pytester, "--snapshot-update")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*clean: 2.5 → 2 *", "*1 snapshot updated*"])
