@@ -17,6 +17,7 @@ import math
 import platform
 import time
 import types
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
@@ -32,7 +33,7 @@ from .ini_files import unread_settings
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
 from .prompt_paths import PromptPathError, prompt_file
 from .report import ClaimRow, backends, table, title, write_json
-from .xdist_groups import mark_groups, without_group
+from .xdist_groups import mark_groups, suffix_group_ids, without_group
 from .snapshot import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -532,16 +533,26 @@ def pytest_generate_tests(metafunc):
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker appends each test's group to its node id
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
+    """A wrapper: the groups are marked before xdist's worker appends each test's group to its node
+    id, and checked after it (``suffix_group_ids``: on pytest 9.2 xdist's append has no effect)."""
     for item in items:
         if "circuits" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.circuit)
     workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None and (config.getoption("loadgroup", False) or workerinput.get("circuits_dist") == "loadgroup"):
+    grouping = workerinput is not None and (
+        config.getoption("loadgroup", False) or workerinput.get("circuits_dist") == "loadgroup")
+    if grouping:
         config.option.loadgroup = True  # read next by xdist's worker, which then appends each test's group
         state = config.stash[STATE]
         mark_groups(items, state.model_spec, state.prompt_source, workers=int(workerinput.get("workercount", 1)))
+    result = yield
+    if grouping and not suffix_group_ids(items):
+        warnings.warn(pytest.PytestWarning(
+            "pytest-circuits: this pytest and pytest-xdist cannot group tests by model (--dist loadgroup); "
+            "each worker may load every model. The claims are unaffected."))
+    return result
 
 
 # -- pytest-xdist ----------------------------------------------------------------------------------

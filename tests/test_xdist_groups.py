@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pytest_circuits.xdist_groups import group_names, without_group
+from pytest_circuits.xdist_groups import group_names, suffix_group_ids, without_group
 
 A, B, C = ("toy:induction", "toy:induction"), ("./damaged", "toy:induction"), ("toy:nobel", "toy:nobel")
 
@@ -32,6 +32,17 @@ def test_node_ids_lose_only_the_group_xdist_appends():
     assert without_group("t.py::test_a[x-y]@circuits(toy:induction,toy:induction)#2") == "t.py::test_a[x-y]"
     assert without_group("t.py::test_a[a@b]") == "t.py::test_a[a@b]"
     assert without_group("dir@x/t.py::test_a") == "dir@x/t.py::test_a"
+
+
+def test_grouped_node_ids_get_the_suffix_loadgroup_schedules_by_on_this_pytest(pytester):
+    """pytest 9.2 ignores xdist's ``item._nodeid = ...`` (pytest-xdist #1386): without this every
+    group would be spread test by test, silently."""
+    pytester.makepyfile("def test_a():\n    pass\ndef test_b():\n    pass\n")
+    (grouped, alone), _ = pytester.inline_genitems("-p", "no:cacheprovider")
+    grouped.add_marker(pytest.mark.xdist_group("circuits(m,p)"))
+    assert suffix_group_ids([grouped, alone])
+    assert grouped.nodeid.endswith("::test_a@circuits(m,p)") and "@" not in alone.nodeid
+    assert suffix_group_ids([grouped]) and grouped.nodeid.count("@") == 1  # never appended twice
 
 
 pytest.importorskip("xdist")
