@@ -41,3 +41,17 @@ def warm_imports():
 
     redundant.load()
     induction.load()
+
+
+XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+@pytest.fixture(autouse=True)
+def inner_sessions_are_not_xdist_workers(request, monkeypatch):
+    """Under ``-n 2`` this process is an xdist worker, and its environment says so; a pytester
+    session run in it would believe it too (syrupy then keeps its snapshot summary for a controller
+    that does not exist). Each inner session starts from the environment of a plain run; its own
+    ``-n`` workers set their variables afresh."""
+    if "pytester" in request.fixturenames:
+        for name in XDIST_WORKER_VARIABLES:
+            monkeypatch.delenv(name, raising=False)

@@ -26,8 +26,10 @@ def test_the_checkpoint_showcase_runs_as_written(tmp_path):
     snapshots = {p: p.read_bytes() for p in (tmp_path / "examples").rglob("__snapshots__/**/*.txt")}
     save, run = showcase_commands()
     assert run.startswith("pytest ")
-    subprocess.run(save, shell=True, cwd=tmp_path, check=True, capture_output=True)
-    # `pytest` as the README writes it, from the same interpreter as this test
+    assert save.startswith("python ")
+    # `python` and `pytest` as the README writes them, from the same interpreter as this test (not
+    # whichever `python` is first on PATH: a checkpoint saved by another environment's toys is another test)
+    subprocess.run(f"{sys.executable} {save[len('python '):]}", shell=True, cwd=tmp_path, check=True, capture_output=True)
     done = subprocess.run(
         f"{sys.executable} -m {run} -p no:cacheprovider", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
