@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import pickle
@@ -24,7 +25,7 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -56,6 +57,38 @@ WAYS = (
 
 class ModelSpecError(InputError, ValueError):
     """A model spec that names nothing loadable; the message is one line saying what to do."""
+
+
+BACKEND_NAMES = ("transformer_lens", "hf", "nnsight")
+_SCHEME = re.compile(r"([A-Za-z_]\w*)(\+remote)?://(.*)", re.S)
+
+
+def split_backend(spec: str) -> Tuple[Optional[str], bool, str]:
+    """``(backend, remote, model spec)`` of a spec that names its backend, ``nnsight://gpt2``,
+    ``hf://./checkpoints/step1000`` or ``nnsight+remote://meta-llama/Meta-Llama-3.1-8B``;
+    ``(None, False, spec)`` for one that does not. A spec's backend wins over ``--circuits-backend``,
+    so one checkpoint matrix can hold the same weights under two backends."""
+    found = _SCHEME.fullmatch(spec) if isinstance(spec, str) else None
+    if found is None:
+        return None, False, spec
+    backend, remote, inner = found.group(1), bool(found.group(2)), found.group(3)
+    if backend not in BACKEND_NAMES:
+        raise ModelSpecError(f"model spec {spec!r}: unknown backend {backend!r} before '://'; choose {', '.join(BACKEND_NAMES)}")
+    if remote and backend != "nnsight":
+        raise ModelSpecError(f"model spec {spec!r}: only nnsight runs models remotely (nnsight+remote://...)")
+    if not inner.strip():
+        raise ModelSpecError(f"model spec {spec!r} names a backend but no model after '://'")
+    return backend, remote, inner
+
+
+def toy_of(spec) -> Optional[str]:
+    """The ``toy:NAME`` a model spec loads (its backend aside), whose own prompt pairs a test gets
+    when none are configured; None for any other model."""
+    try:
+        inner = split_backend(spec)[2]
+        return inner if spec_kind(inner) == "toy" else None
+    except ModelSpecError:
+        return None  # a bad spec fails where the model is loaded, with its own message
 
 
 def toy_names() -> list:
@@ -97,9 +130,10 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
 
 
 def spec_kind(spec: str) -> str:
-    """``toy``, ``factory``, ``folder`` or ``hub``: what a spec names, judged from its text."""
+    """``toy``, ``factory``, ``folder`` or ``hub``: what a spec names (its backend aside), judged from its text."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"a model spec must be a non-empty string, got {spec!r}")
+    spec = split_backend(spec)[2]
     if spec.startswith(TOY_PREFIX):
         return "toy"
     if Path(spec).expanduser().is_dir() or spec.startswith((".", "/", "~")):
@@ -111,25 +145,33 @@ def spec_kind(spec: str) -> str:
 
 def spec_label(spec: str) -> str:
     """A short readable name for test ids and tables (a folder's name, not its whole path)."""
-    return Path(spec).name if spec_kind(spec) == "folder" else spec
+    backend, remote, inner = split_backend(spec)
+    label = Path(inner).name if spec_kind(inner) == "folder" else inner
+    return f"{_scheme(backend, remote)}{label}"
+
+
+def _scheme(backend: Optional[str], remote: bool) -> str:
+    return f"{backend}{'+remote' if remote else ''}://" if backend else ""
 
 
 def checkpoint_labels(specs) -> dict:
     """Spec -> a label unique among ``specs``: a folder is named by the shortest tail of its path
     that no other checkpoint shares (``x/model`` and ``y/model``, not ``model`` twice), so the same
     specs get the same labels on every run. A checkpoint given twice is an error."""
-    paths = {spec: Path(spec).expanduser().resolve() for spec in specs if spec_kind(spec) == "folder"}
+    split = {spec: split_backend(spec) for spec in specs}
+    schemes = {spec: _scheme(backend, remote) for spec, (backend, remote, _) in split.items()}
+    paths = {spec: Path(inner).expanduser().resolve() for spec, (_, _, inner) in split.items() if spec_kind(inner) == "folder"}
     seen: dict = {}
     for spec in specs:
-        key = paths.get(spec, spec)
+        key = (schemes[spec], paths.get(spec, split[spec][2]))
         if key in seen:
             raise ModelSpecError(f"checkpoint {spec!r} is given twice (also as {seen[key]!r}): name each checkpoint once")
         seen[key] = spec
     labels = {spec: spec for spec in specs if spec not in paths}
     for spec, path in paths.items():
-        others = [other for name, other in paths.items() if name != spec]
+        others = [other for name, other in paths.items() if name != spec and schemes[name] == schemes[spec]]
         for depth in range(1, len(path.parts) + 1):
-            label = "/".join(path.parts[-depth:]).lstrip("/") or "/"
+            label = schemes[spec] + ("/".join(path.parts[-depth:]).lstrip("/") or "/")
             if label not in labels.values() and not any(other.parts[-depth:] == path.parts[-depth:] for other in others):
                 break
         labels[spec] = label
@@ -138,7 +180,11 @@ def checkpoint_labels(specs) -> dict:
 
 def check_spec(spec: str, search: Sequence[Path] = ()) -> None:
     """Cheap checks that need no loading: the toy exists, the folder has weights, the factory
-    imports (from ``sys.path``, else from the folders in ``search``: the plugin gives the rootdir)."""
+    imports (from ``sys.path``, else from the folders in ``search``: the plugin gives the rootdir),
+    the backend a spec names is installed."""
+    backend, _, spec = split_backend(spec)
+    if backend == "nnsight" and importlib.util.find_spec("nnsight") is None:
+        raise ModelSpecError(f"model spec {spec!r} asks for the nnsight backend, which is not installed: pip install 'pytest-circuits[nnsight]'")
     kind = spec_kind(spec)
     if kind == "toy":
         _toy_module(spec)
@@ -159,35 +205,74 @@ def load_model(
 ):
     """The model named by ``spec`` on ``device`` in ``dtype``, in eval mode. Weights are read from
     safetensors only; ``allow_pickle`` lets a hub model whose only weights are pickled load them
-    (unpickling can run code from the file: only for repositories you trust). ``backend`` says how a
-    folder is patched: a TransformerLens bridge (default), ``hf`` hooks or ``nnsight`` tracing
-    (``remote``: on NDIF). A model the engine cannot patch is refused here, at load, not at its
-    first measurement."""
+    (unpickling can run code from the file: only for repositories you trust). ``backend`` says how
+    the model is patched: a TransformerLens model (default), ``hf`` hooks on the Hugging Face model or
+    ``nnsight`` tracing (``remote``: on NDIF); a spec that names its backend (``nnsight://gpt2``,
+    ``split_backend``) overrides it. A model the engine cannot patch is refused here, at load, not at
+    its first measurement."""
+    named, named_remote, inner = split_backend(spec)
+    if named is not None:
+        backend, remote = named, named_remote or (remote and named == "nnsight")
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    kind = spec_kind(spec)
+    kind = spec_kind(inner)
     with quiet_progress_bars():
-        if backend != "transformer_lens" and kind in ("folder", "hub"):
-            if kind == "hub":
-                raise ModelSpecError(
-                    f"model {spec!r}: --circuits-backend {backend} loads local folders; hub names load through TransformerLens "
-                    "(or return the model from a package.module:factory spec)"
-                )
+        if remote:
+            return _remote_model(inner, kind, spec)
+        if backend != "transformer_lens":
             from .backends import backend_from_hf
 
-            hf_model, tokenizer = load_folder(Path(spec).expanduser(), device, dtype, spec, wrap=False)
+            hf_model, tokenizer = _hf_model(inner, kind, device, dtype, allow_pickle, search, spec, backend)
             return backend_from_hf(hf_model.eval(), tokenizer, spec, backend, remote)
         if kind == "toy":
-            model = _toy_module(spec).load(device=device, dtype=dtype)
+            model = _toy_module(inner).load(device=device, dtype=dtype)
         elif kind == "factory":
-            model = _call_factory(import_factory(spec, search=search), device, dtype)
+            model = _call_factory(import_factory(inner, search=search), device, dtype)
         elif kind == "folder":
-            model = load_folder(Path(spec).expanduser(), device, dtype, spec)
+            model = load_folder(Path(inner).expanduser(), device, dtype, spec)
         else:
-            model = load_hub(spec, device, dtype, allow_pickle)
+            model = load_hub(inner, device, dtype, allow_pickle)
     if hasattr(model, "eval"):
         model.eval()
     check_patchable(model, spec)
     return model
+
+
+def _remote_model(inner: str, kind: str, spec: str):
+    """A hub model patched by nnsight traces that run on NDIF: nothing is downloaded but its config
+    and tokenizer (NDIF runs its own copy of the weights)."""
+    if kind != "hub":
+        raise ModelSpecError(
+            f"model spec {spec!r}: remote (NDIF) runs take a hub model NDIF serves (nnsight+remote://meta-llama/...), "
+            f"not a {kind}; run a {kind} locally (without --circuits-remote)"
+        )
+    from .backends.nnsight import NNsightBackend, remote_model
+
+    name, _, revision = inner.partition("@")
+    try:
+        model = remote_model(name, revision or None)
+    except OSError as error:
+        raise ModelSpecError(f"cannot read model {spec!r}'s config and tokenizer: {_first_line(error)}; {WAYS}") from None
+    return NNsightBackend(model, tokenizer=model.tokenizer, name=inner, remote=True)
+
+
+def _hf_model(inner: str, kind: str, device, dtype, allow_pickle: bool, search, spec: str, backend: str):
+    """The plain Hugging Face model and tokenizer a spec names, for the ``hf`` and ``nnsight``
+    backends (which patch the model itself, no TransformerLens wrapping)."""
+    if kind == "toy":
+        return _toy_module(inner).load_hf(device=device, dtype=dtype)
+    if kind == "folder":
+        return load_folder(Path(inner).expanduser(), device, dtype, spec, wrap=False)
+    if kind == "hub":
+        return load_hub(inner, device, dtype, allow_pickle, wrap=False)
+    from transformers import PreTrainedModel
+
+    model = _call_factory(import_factory(inner, search=search), device, dtype)
+    if not isinstance(model, PreTrainedModel):
+        raise ModelSpecError(
+            f"model spec {spec!r}: the {backend} backend patches a Hugging Face model (a PreTrainedModel); the factory "
+            f"returned {type(model).__name__} (return the Hugging Face model, or drop '{backend}://')"
+        )
+    return model, getattr(model, "tokenizer", None)
 
 
 BUILT_IN_CODE = (
@@ -371,10 +456,11 @@ def bridge_from_hf(hf_model, tokenizer=None, model_name: str = "local"):
     return model.eval()
 
 
-def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False):
+def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False, wrap: bool = True):
     """A hub model through TransformerLens: the local cache first, the hub only when reachable.
     With a bridge, ``TransformerBridge.boot_transformers``; on TransformerLens 2.x the Hugging Face
-    model is loaded and converted to a ``HookedTransformer`` (``model_from_hf``).
+    model is loaded and converted to a ``HookedTransformer`` (``model_from_hf``); without ``wrap``,
+    the Hugging Face model and its tokenizer (or None), for the ``hf`` and ``nnsight`` backends.
 
     Hugging Face loads safetensors when a repository has them and falls back to pickled
     ``pytorch_model.bin`` otherwise; that fallback is refused unless ``allow_pickle``.
@@ -384,7 +470,7 @@ def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False)
 
     def boot():
         try:
-            return _boot_hub(name, device, dtype, revision)
+            return _boot_hub(name, device, dtype, revision, wrap)
         except pickle.UnpicklingError as error:
             raise ModelSpecError(f"cannot load model {spec!r}: its pickled weights do not load ({_first_line(error)})") from None
 
@@ -412,10 +498,10 @@ def load_hub(spec: str, device: torch.device, dtype, allow_pickle: bool = False)
         raise ModelSpecError(f"cannot load model {spec!r}: {_first_line(error)}; {WAYS}") from None
 
 
-def _boot_hub(name: str, device, dtype, revision: Optional[str]):
+def _boot_hub(name: str, device, dtype, revision: Optional[str], wrap: bool = True):
     import torch
 
-    if has_bridge():
+    if wrap and has_bridge():
         from transformer_lens.model_bridge import TransformerBridge
 
         return TransformerBridge.boot_transformers(name, device=device, dtype=dtype or torch.float32, revision=revision)
@@ -426,6 +512,8 @@ def _boot_hub(name: str, device, dtype, revision: Optional[str]):
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError, KeyError):  # a repository without a tokenizer: token-id prompts still work
         tokenizer = None
+    if not wrap:
+        return hf_model.to(device), tokenizer
     return model_from_hf(hf_model.to(device), tokenizer, model_name=name)
 
 

@@ -30,7 +30,7 @@ from .errors import InputError
 from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
 from .ini_files import unread_settings
-from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, spec_kind
+from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, toy_of
 from .prompt_paths import PromptPathError, prompt_file
 from .report import ClaimRow, backends, table, title, write_json
 from .xdist_groups import mark_groups, suffix_group_ids, without_group
@@ -752,8 +752,7 @@ def prompt_pairs(request, circuit_model):
     if source is None:
         model_marker = request.node.get_closest_marker("circuit_model")
         configured = model_marker.args[0] if model_marker and model_marker.args else state.model_spec
-        if configured and spec_kind(configured) == "toy":
-            source = configured  # a toy brings its own prompt pairs
+        source = toy_of(configured) if configured else None  # a toy brings its own prompt pairs
     if source is None:
         pytest.fail(
             "pytest-circuits: no prompt pairs: mark the test @pytest.mark.prompts('pairs.jsonl') or set circuits_prompts",

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from .loading import spec_kind, spec_label
+from .loading import spec_label, toy_of
 
 PREFIX = "circuits"
 
@@ -35,16 +35,9 @@ def model_and_prompts(item, model_spec: Optional[str], prompt_source: Optional[s
     model = checkpoint or configured
     prompts_marker = item.get_closest_marker("prompts")
     source = (prompts_marker.args[0] if prompts_marker and prompts_marker.args else None) or prompt_source
-    if source is None and isinstance(configured, str) and _is_toy(configured):
-        source = configured  # a toy brings its own prompt pairs
+    if source is None and isinstance(configured, str):
+        source = toy_of(configured)  # a toy brings its own prompt pairs
     return (str(model), str(source))
-
-
-def _is_toy(spec: str) -> bool:
-    try:
-        return spec_kind(spec) == "toy"
-    except Exception:  # noqa: BLE001 - a bad spec fails in the test itself, with its own message
-        return False
 
 
 def group_names(keys: Sequence[Optional[Tuple[str, str]]], workers: int) -> List[Optional[str]]:

@@ -174,7 +174,10 @@ def test_the_header_names_model_checkpoints_backend_and_versions(pytester):
     run(pytester, "--circuits-html", "page.html").assert_outcomes(passed=3)
     page = (pytester.path / "page.html").read_text()
     assert meta_row(page, "models") == "toy:nobel" and meta_row(page, "checkpoints") == "none"
-    assert meta_row(page, "backends").startswith(f"transformer_lens {version('transformer_lens')} bridge")  # as in results and the table
+    from pytest_circuits.loading import has_bridge
+
+    kind = "bridge" if has_bridge() else "HookedTransformer"  # TransformerLens 2.x: the toys are HookedTransformers
+    assert meta_row(page, "backends").startswith(f"transformer_lens {version('transformer_lens')} {kind}")  # as in results and the table
     versions = meta_row(page, "versions")
     assert f"pytest_circuits {pytest_circuits.__version__}" in versions
     for name in ("torch", "transformer_lens", "transformers", "pytest"):

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,23 @@ def test_the_page_command_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     page = (tmp_path / "circuits.html").read_text()
     assert "<svg" in page and 'class="cell"' in page and "holds" in page
+
+
+def test_the_three_backend_command_runs_as_written(tmp_path):
+    """The README's checkpoint matrix over three backends: every claim holds on each."""
+    pytest.importorskip("nnsight")
+    command = next(
+        line for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("pytest examples/") and "nnsight://toy:induction" in line
+    )
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        f"{sys.executable} -m {command} -p no:cacheprovider", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("test_induction_circuit.py::")]
+    by_checkpoint = {}
+    for row in rows:  # the closing table: test, checkpoint, kind, ...; each claim once per checkpoint
+        by_checkpoint.setdefault(row[1], []).append(row[2])
+    assert sorted(by_checkpoint) == ["hf://toy:induction", "nnsight://toy:induction", "toy:induction"]
+    assert by_checkpoint["hf://toy:induction"] == by_checkpoint["nnsight://toy:induction"] == by_checkpoint["toy:induction"]

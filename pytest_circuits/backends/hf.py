@@ -44,7 +44,12 @@ class MappedBackend:
         )
         self._attn_write = [attention_write_point(hf_model, self.layout, l) for l in range(self.layout.n_layers)]
         self.layout.order = self._forward_order()
+        self.label = self._label()
         self.prove()
+
+    def _label(self) -> str:
+        """What results and reports name as the backend: the library, its version, how it patches."""
+        return f"transformers {_version('transformers')} hooks"
 
     def _device(self) -> torch.device:
         devices = {p.device for p in self.hf.parameters()}
@@ -182,6 +187,15 @@ class MappedBackend:
     def neuron_acts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         self.check_edges()
         raise AssertionError("unreachable")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover - imported, so installed
+        return "?"
 
 
 def _in_width(module) -> int:

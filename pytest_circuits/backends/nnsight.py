@@ -6,7 +6,7 @@ sweep configurations is one trace, so one request when remote, never one per com
 architecture map is the ``hf`` backend's (``hf_layout``), read from the wrapped module; its probe
 runs as one more trace when the backend is made. Remote execution takes the NDIF API key from the
 environment (``NDIF_API_KEY``, read by nnsight) and is chosen with ``remote=True``, a
-``nnsight-remote:`` model spec or ``--circuits-remote``. Gradients (attribution) need the graph on
+``nnsight+remote://`` model spec or ``--circuits-remote``. Gradients (attribution) need the graph on
 this machine, so they are refused when remote.
 """
 
@@ -18,18 +18,23 @@ from typing import List, Optional, Tuple
 import torch
 
 from .base import BackendError
-from .hf import Handler, MappedBackend
+from .hf import Handler, MappedBackend, _version
 from .hf_layout import Point
 
 API_KEY_VARIABLE = "NDIF_API_KEY"
 
 
 def is_nnsight_model(model) -> bool:
+    """An nnsight model: ``NNsight(module)`` and the hub models (``LanguageModel``,
+    ``TransformersModel``), which share only the ``Envoy`` base, not ``NNsight``."""
     try:
         from nnsight import NNsight
+        from nnsight.intervention.envoy import Envoy
     except ImportError:
         return False
-    return isinstance(model, NNsight)
+    return isinstance(model, NNsight) or (
+        isinstance(model, Envoy) and callable(getattr(model, "trace", None)) and isinstance(getattr(model, "_module", None), torch.nn.Module)
+    )
 
 
 def wrap(hf_model):
@@ -39,6 +44,20 @@ def wrap(hf_model):
     except ImportError:
         raise BackendError("the nnsight backend needs nnsight: pip install 'pytest-circuits[nnsight]'") from None
     return NNsight(hf_model)
+
+
+def remote_model(repo: str, revision: Optional[str] = None, tokenizer=None):
+    """An nnsight model of a hub repository that NDIF serves, for remote traces: its config and
+    tokenizer are read (the local cache first), its weights are not loaded here (meta tensors) —
+    a remote trace runs on NDIF's copy, and a model too large for this machine stays there."""
+    from nnsight.modeling.transformers import TransformersModel
+
+    kwargs = {"revision": revision} if revision else {}
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(repo, **kwargs)
+    return TransformersModel(repo, task="text-generation", tokenizer=tokenizer, **kwargs)
 
 
 class NNsightBackend(MappedBackend):
@@ -53,9 +72,32 @@ class NNsightBackend(MappedBackend):
         self.remote = remote
         if remote:
             _require_api_key()
+        elif getattr(model, "dispatched", True) is False:
+            model.dispatch()  # a hub model made without its weights (meta tensors): load them to run here
         hf_model = model._module
         super().__init__(hf_model, tokenizer=tokenizer if tokenizer is not None else getattr(model, "tokenizer", None), name=name)
         self.requests = 0  # traces sent (remote requests when remote), for tests and cost reports
+
+    def check_edges(self) -> None:
+        """Path patching computes each sender's write from the model's weights on this machine;
+        a remote model's weights stay on NDIF."""
+        if self.remote:
+            raise BackendError(
+                f"{self.architecture} model {self.name!r}: path patching (edges) computes sender writes from the weights "
+                "on this machine, and a remote (NDIF) model's weights stay there; node circuits and sweeps run remotely, "
+                "edges locally (without --circuits-remote)."
+            )
+        super().check_edges()
+
+    def _device(self) -> torch.device:
+        """Where prompts go: a remote model's weights stay on NDIF (here they are meta tensors), so
+        its inputs are sent from the CPU."""
+        if self.remote:
+            return torch.device("cpu")
+        return super()._device()
+
+    def _label(self) -> str:
+        return f"nnsight {_version('nnsight')} {'remote (NDIF)' if self.remote else 'trace'}"
 
     def trace_kwargs(self) -> dict:
         """Keyword arguments of every trace: only ``remote`` differs between local and NDIF runs."""

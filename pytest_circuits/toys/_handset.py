@@ -37,13 +37,14 @@ def read(col: torch.Tensor, dims: dict, scale: float, coeffs: dict) -> None:
     col[dims["zero"]] -= scale * sum(coeffs.values())
 
 
-def load_handset(build: Callable, tokenizer, model_name: str, device=None, dtype=None):
-    """Build a hand-set toy's Hugging Face model and wrap it, leaving the caller's RNG alone (the
-    throwaway initialisation before the weights are set draws from it)."""
+def load_handset(build: Callable, tokenizer, model_name: str, device=None, dtype=None, wrap: bool = True):
+    """Build a hand-set toy's Hugging Face model and wrap it (without ``wrap``: the plain model),
+    leaving the caller's RNG alone (the throwaway initialisation before the weights are set draws
+    from it)."""
     with torch.random.fork_rng():
         hf = build()
     if dtype is not None:
         hf = hf.to(dtype)
     if device is not None:
         hf = hf.to(device)
-    return _gpt2.bridge(hf, tokenizer, model_name=model_name)
+    return _gpt2.bridge(hf, tokenizer, model_name=model_name) if wrap else hf

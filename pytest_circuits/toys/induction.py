@@ -72,6 +72,11 @@ def load(device=None, dtype=None, folder: Path = DATA):
     return _gpt2.bridge(hf, tokenizer(folder), model_name="toy:induction")
 
 
+def load_hf(device=None, dtype=None, folder: Path = DATA):
+    """The trained toy's plain ``GPT2LMHeadModel`` and tokenizer (the ``hf`` and ``nnsight`` backends patch it)."""
+    return _gpt2.load_weights(folder, device=device, dtype=dtype), tokenizer(folder)
+
+
 def sample_pairs(
     n: int, seed: int, segment_len: int, repeat_len: int, n_words: int
 ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:

@@ -185,6 +185,11 @@ def load(device=None, dtype=None):
     return load_handset(_build, tokenizer(), "toy:nobel", device, dtype)
 
 
+def load_hf(device=None, dtype=None):
+    """The toy's plain ``GPT2LMHeadModel`` and tokenizer (the ``hf`` and ``nnsight`` backends patch it)."""
+    return load_handset(_build, None, "toy:nobel", device, dtype, wrap=False), tokenizer()
+
+
 def _prompt_words(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     """``n`` deterministic (clean, corrupt) word lists sharing their fillers; the number of fillers
     cycles through 1..MAX_FILLERS so the prompts have different lengths."""

@@ -159,6 +159,11 @@ def load(device=None, dtype=None):
     return load_handset(_build, tokenizer(), "toy:redundant", device, dtype)
 
 
+def load_hf(device=None, dtype=None):
+    """The toy's plain ``GPT2LMHeadModel`` and tokenizer (the ``hf`` and ``nnsight`` backends patch it)."""
+    return load_handset(_build, None, "toy:redundant", device, dtype, wrap=False), tokenizer()
+
+
 def _prompt_words(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     """``n`` deterministic (clean, corrupt) word lists sharing their fillers."""
     g = torch.Generator().manual_seed(seed)
