@@ -4,6 +4,7 @@
     python benchmarks/run.py --models llama   # only the Llama-style one (GQA, rotary, RMSNorm, gated MLP)
     python benchmarks/run.py --device cuda
     python benchmarks/run.py --quick          # a small model, for a smoke run
+    python benchmarks/run.py --grid           # sweeps over prompts x tokens x models, against the FLOP lower bound
 
 Each line prints our time, TransformerLens's time on the same model and prompts, their ratio, and
 the largest difference between the two results. Nothing here is a test: timings vary by machine.
@@ -219,6 +220,71 @@ def bench_model(label: str, model, pairs: PromptPairs, device: str, budget: int,
     print(f"{'20-claim session':<34} one cache {t_session:8.2f}s  recomputed per claim {t_fresh:8.2f}s  speed-up {t_fresh / t_session:6.1f}x", flush=True)
 
 
+GRID_SWEEPS = (  # name, over, per position, TransformerLens's function (None: it has none), its forwards per layer
+    ("heads", "heads", False, "get_act_patch_attn_head_out_all_pos", lambda cfg, seq: cfg.n_heads),
+    ("heads/pos", "heads", True, "get_act_patch_attn_head_out_by_pos", lambda cfg, seq: cfg.n_heads * seq),
+    ("MLP/pos", "mlps", True, "get_act_patch_mlp_out", lambda cfg, seq: seq),
+    ("resid/pos", "resid", True, "get_act_patch_resid_pre", lambda cfg, seq: seq),
+    ("neurons", "neurons", False, None, lambda cfg, seq: cfg.d_mlp),
+)
+
+
+def grid(args) -> None:
+    """Every sweep at every size of the grid: our time, TransformerLens's (where it has the sweep and
+    finishes within --max-seconds by its own forward count), and the FLOP lower bound (flops.py) in
+    seconds at this machine's measured matrix-multiply rate. A cell estimated to take longer than
+    --max-seconds is printed with its bound and not run."""
+    from transformer_lens import patching as tl
+
+    from flops import Shape, matmul_rate, sweep_flops
+
+    rate = matmul_rate(args.device)
+    print(f"float32 matmul rate on {args.device}: {rate / 1e9:.1f} GFLOP/s (the bound's seconds use it)", flush=True)
+    builders = {"small": lambda: gpt2_small(args.device, True), "gpt2": lambda: gpt2_small(args.device, False),
+                "llama": lambda: llama_small(args.device, False)}
+    header = f"{'model':<6} {'size':>7} {'sweep':<10} {'bound GFLOP':>11} {'bound s':>8} {'ours s':>8} {'ours/bound':>10} {'TL s':>8} {'TL/ours':>7}  max|diff|"
+    for key in args.grid_models.split(","):
+        model = builders[key.strip()]()
+        shape = Shape.of(model)
+        print(f"\n== {key}: {shape}", flush=True)
+        print(header, flush=True)
+        for n in args.grid_prompts:
+            for seq in args.grid_tokens:
+                pairs = random_pairs(model, n, seq)
+                enc = pairs.encode(model.tokenizer).to(args.device)
+                first = int((enc.clean != enc.corrupt).any(0).float().argmax())
+                with torch.no_grad():
+                    t_forward = min(timed(lambda: model(enc.corrupt), args.device)[1] for _ in range(3))
+                for name, over, per_position, tl_name, forwards in GRID_SWEEPS:
+                    flop = sweep_flops(shape, over, per_position, seq, first, n)
+                    bound = flop / rate
+                    row = f"{key:<6} {f'{n}x{seq}':>7} {name:<10} {flop / 1e9:11.1f} {bound:8.2f}"
+                    tl_estimate = model.cfg.n_layers * forwards(model.cfg, seq) * t_forward
+                    if min(tl_estimate, bound * 20) > args.max_seconds:
+                        print(f"{row} {'not run':>8}  (estimated: TransformerLens {tl_estimate:.0f} s)", flush=True)
+                        continue
+
+                    def ours():
+                        clear_cache()
+                        return Sweeper(Patcher(model, pairs), budget_bytes=args.budget_mb << 20).sweep(over, "denoise", per_position=per_position)
+
+                    result, t_ours = timed(ours, args.device)
+                    row += f" {t_ours:8.2f} {t_ours / bound:10.1f}"
+                    if tl_name is None or tl_estimate > args.max_seconds:
+                        print(f"{row} {'-':>8} {'-':>7}  (TransformerLens: {'no such function' if tl_name is None else f'estimated {tl_estimate:.0f} s'})", flush=True)
+                        continue
+
+                    def theirs():
+                        _, cache = model.run_with_cache(enc.clean)
+                        return getattr(tl, tl_name)(model, enc.corrupt, cache, tl_metric(enc))
+
+                    expected, t_tl = timed(theirs, args.device)
+                    ours_values = result.patched if not per_position or over != "heads" else result.patched.permute(0, 2, 1)
+                    diff = float((ours_values - expected.to(result.patched.dtype).cpu().reshape(ours_values.shape)).abs().max())
+                    print(f"{row} {t_tl:8.2f} {t_tl / t_ours:7.1f}  {diff:.1e}", flush=True)
+        del model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -228,11 +294,20 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=int, default=1024, help="activation memory one batched sweep forward may use")
     parser.add_argument("--no-toys", action="store_true")
     parser.add_argument("--models", default="gpt2,llama", help="comma-separated: gpt2, llama")
+    parser.add_argument("--grid", action="store_true", help="the sweep grid against the FLOP lower bound (grid())")
+    parser.add_argument("--grid-models", default="small,gpt2,llama", help="comma-separated: small, gpt2, llama")
+    parser.add_argument("--grid-prompts", type=lambda text: [int(x) for x in text.split(",")], default=[8, 32])
+    parser.add_argument("--grid-tokens", type=lambda text: [int(x) for x in text.split(",")], default=[16, 64, 256])
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="grid cells estimated to take longer are not run")
     args = parser.parse_args()
     torch.set_grad_enabled(True)
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    if args.grid:
+        sys.path.insert(0, os.path.dirname(__file__))
+        grid(args)
+        return
     builders = {"gpt2": ("GPT-2-small-sized random model", gpt2_small), "llama": ("Llama-style GPT-2-small-sized random model", llama_small)}
     for key in args.models.split(","):
         label, build = builders[key.strip()]
