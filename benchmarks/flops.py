@@ -4,7 +4,7 @@ A patched configuration can change only the layers after its patch and only the 
 after the first one it changes (causal attention): positions before the first one where the clean
 and corrupt prompts differ are the same in both runs, and a per-position patch at position q
 changes nothing before q. Counting only that work — the matrix products of the layers after the
-patch (a head patch: its own layer from the attention output projection on; an MLP or neuron patch:
+patch (a head patch: its own slice of its layer's output projection, then the MLP; an MLP or neuron patch:
 the next layer on; a residual patch: its own layer whole), at the changed positions, with attention
 over every earlier key — gives a lower bound on the floating-point operations of any exact method,
 prefix reuse included. Norms, activations, softmax and the few unembedding columns a logit
@@ -67,7 +67,7 @@ def sweep_flops(shape: Shape, over: str, per_position: bool, seq: int, first_dif
             changed = range(start, seq)
             later = sum(shape.layer(changed) for _ in range(layer + 1, shape.n_layers))
             if over == "heads":
-                own = len(changed) * (shape.attention_out() + shape.mlp())
+                own = len(changed) * (2 * shape.d_head * shape.d_model + shape.mlp())  # its own slice of the output projection
                 total += shape.n_heads * (own + later)
             elif over == "resid":
                 total += shape.layer(changed) + later
