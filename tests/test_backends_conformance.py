@@ -280,6 +280,43 @@ def test_integrated_edge_attribution_equals_the_bridges(backend, family, method)
     assert float(scores.scores.abs().max()) > 1e-3
 
 
+@pytest.mark.parametrize("backend, family", rows({"hf": ("neox", "gptj"), "nnsight": ("neox",)}))
+def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(backend, family):
+    from pytest_circuits import CircuitError
+
+    model, pairs, _ = setup(backend, family)
+    with pytest.raises(CircuitError, match="does not exist in this model: its blocks are parallel"):
+        Patcher(model, pairs).denoise("L1H2 -> MLP1")
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (dict(fused="per-head"), "q/k/v projection is not laid out as its map says .*change head"),  # GPT-2's blocks as NeoX's layout
+        (dict(attn_norm="transformer.h.1.ln_2"), "split-input forward fails .*ln_2 does not run before layer 1's q/k/v projection"),
+        (dict(mlp_norm="transformer.h.1.ln_1"), "does not reproduce its logits"),
+        (dict(gate="transformer.h.1.mlp.c_fc"), None),  # a gate GPT-2 does not have: neuron receivers refused
+    ],
+    ids=["fused-layout", "attention-norm", "mlp-norm", "gate"],
+)
+def test_the_probe_refuses_a_receiver_map_that_is_wrong(wrong, message):
+    """Each part of the receiver map is proven, not trusted: a wrong one refuses edges (or, for the
+    MLP's neuron recomputation, neuron receivers) instead of measuring something else."""
+    import dataclasses
+
+    from pytest_circuits.backends.hf import HFBackend
+
+    backend = HFBackend(build_hf("gpt2"))
+    backend.layout.receivers[1] = dataclasses.replace(backend.layout.receivers[1], **wrong)
+    if message is None:
+        backend.check_edges()
+        with pytest.raises(BackendError, match=r"edges into single neurons .* recomputing a neuron's activation"):
+            backend.check_neuron_receivers()
+        return
+    with pytest.raises(BackendError, match=message):
+        backend.check_edges()
+
+
 @pytest.mark.parametrize("backend", list(backends()))
 @pytest.mark.parametrize("family", EDGES_REFUSED)
 def test_edges_are_refused_where_heads_have_no_write_of_their_own(backend, family):
@@ -353,3 +390,31 @@ def test_one_trace_per_run_a_sweep_batches_its_configurations():
     before = backend.requests
     Sweeper(patcher).sweep("heads", "denoise")  # 8 heads: one batch under the default budget
     assert backend.requests - before == 2  # one per layer: each layer's heads go in one batched trace
+
+
+@pytest.mark.parametrize(
+    "swapped, order, message",
+    [
+        ({"q": "k", "k": "q", "v": "v"}, "kqv", "a query input changed at one position changes other positions' outputs"),
+        ({"q": "q", "k": "v", "v": "k"}, "qvk", "with every value the same, its query and key inputs still change"),
+    ],
+    ids=["queries-keys", "keys-values"],
+)
+def test_the_probe_refuses_inputs_swapped_consistently(monkeypatch, swapped, order, message):
+    """A map that reads and writes two inputs' columns the wrong way round reproduces the logits
+    unpatched and keeps every head apart; the probe still refuses it: a query input changed at one
+    position changes that position's output only, and with every value the same nothing else
+    matters."""
+    import dataclasses
+
+    from pytest_circuits.backends import hf_receivers
+    from pytest_circuits.backends.hf import HFBackend
+
+    backend = HFBackend(build_hf("gpt2"))
+    original = hf_receivers.head_projection
+    monkeypatch.setattr(hf_receivers, "head_projection", lambda model, receivers, kind, *rest: original(model, receivers, swapped[kind], *rest))
+    for layer, receivers in enumerate(backend.layout.receivers):
+        ((path, _),) = receivers.projections
+        backend.layout.receivers[layer] = dataclasses.replace(receivers, projections=((path, order),))
+    with pytest.raises(BackendError, match=message):
+        backend.check_edges()

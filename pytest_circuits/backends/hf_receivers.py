@@ -7,7 +7,9 @@ the head's slice of its projection; the MLP reads its own norm of its own copy (
 Grouped-query attention runs as the equal multi-head attention meanwhile (``num_key_value_groups``
 1, the shared key/value weights taken per query head), so each query head's key and value input is
 its own, as on the TransformerLens backend. None of it is assumed: ``check_edges`` proves it on a
-probe forward per model before any edge is patched, and refuses a model that fails.
+probe forward per model before any edge is patched (the split run reproduces the logits, each
+input holds the stream its receiver reads, each head's inputs reach that head's own query, key and
+value, each attention write is the sum of its heads' writes), and refuses a model that fails.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class ReceiverInputs:
         n_heads, d_head = self.layout.n_heads, self.layout.d_head
 
         def op(value: torch.Tensor) -> torch.Tensor:
+            if ("attn", layer) not in streams:
+                raise BackendError(f"{receivers.attn_norm} does not run before layer {layer}'s q/k/v projection")
             stream = streams[("attn", layer)]
             outs = []
             for kind in kinds:
@@ -96,6 +100,8 @@ class ReceiverInputs:
         site = Site("mlp_in", layer)
 
         def op(value: torch.Tensor) -> torch.Tensor:
+            if ("mlp", layer) not in streams:
+                raise BackendError(f"{receivers.mlp_norm} does not run before layer {layer}'s MLP")
             x = streams[("mlp", layer)]
             if site in patches:
                 x = patches[site](x)
@@ -195,6 +201,43 @@ class ReceiverInputs:
                 _, changed = self._run(tokens, patches={site: _reversed_positions}, capture=[reader], split_inputs=True)
                 if _close(changed[reader], acts[reader]):
                     return f"changing layer {layer}'s {site.kind} leaves its {reader.kind} values as they were: the model does not read the inputs the hooks compute"
+            problem = self._slots_problem(layer, tokens, acts[Site("head", layer)])
+            if problem:
+                return problem
+        return None
+
+    def _slots_problem(self, layer: int, tokens: torch.Tensor, plain: torch.Tensor) -> Optional[str]:
+        """Each q/k/v input feeds its own head's own query, key or value, seen on the heads' outputs
+        ``z`` (``plain``: unpatched), which the model computes from its projection as it lays it out:
+        changing the inputs of a set of heads changes no other head (sets by each bit of the head
+        index and their complements pin down every head); a query input changed at one position
+        changes no other position's output (a key or value would change later ones); with every
+        value the same, queries and keys change nothing."""
+        n_heads = self.layout.n_heads
+        head = Site("head", layer)
+        where = f"layer {layer}'s q/k/v projection is not laid out as its map says ({self.layout.receivers[layer].projections[0][0]})"
+
+        def z(patches) -> torch.Tensor:
+            return self._run(tokens, patches=patches, capture=[head], split_inputs=True)[1][head]
+
+        for bit in range(max(1, (n_heads - 1).bit_length())):
+            for value in (1, 0):
+                chosen = [h for h in range(n_heads) if (h >> bit) & 1 == value]
+                if not chosen:
+                    continue
+                got = z({Site(f"{kind}_input", layer): _reversed_positions_of(chosen) for kind in "qkv"})
+                others = [h for h in range(n_heads) if h not in chosen and not _close(got[:, :, h], plain[:, :, h])]
+                if others:
+                    return f"{where}: the inputs of heads {chosen} change head {others[0]}'s output"
+        positions = tokens.shape[1]
+        if positions >= 3:
+            got = z({Site("q_input", layer): _one_position_changed(1)})
+            if not (_close(got[:, :1], plain[:, :1]) and _close(got[:, 2:], plain[:, 2:])):
+                return f"{where}: a query input changed at one position changes other positions' outputs"
+        same = {Site("v_input", layer): _every_position_as_the_first}
+        moved = {**same, Site("q_input", layer): _reversed_positions, Site("k_input", layer): _reversed_positions}
+        if not _close(z(moved), z(same)):
+            return f"{where}: with every value the same, its query and key inputs still change the heads' outputs"
         return None
 
     def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
@@ -219,3 +262,29 @@ class ReceiverInputs:
 def _reversed_positions(value: torch.Tensor) -> torch.Tensor:
     """The probe's change to a receiver input: its positions in reverse order (a norm ignores scaling)."""
     return value.flip(1)
+
+
+def _reversed_positions_of(heads):
+    """A probe change to the receiver inputs of ``heads`` only: their positions in reverse order."""
+
+    def change(value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        value[:, :, heads] = value[:, :, heads].flip(1)
+        return value
+
+    return change
+
+
+def _one_position_changed(position: int):
+    """A probe change at one position: the stream of the last position there instead."""
+
+    def change(value: torch.Tensor) -> torch.Tensor:
+        value = value.clone()
+        value[:, position] = value[:, -1]
+        return value
+
+    return change
+
+
+def _every_position_as_the_first(value: torch.Tensor) -> torch.Tensor:
+    return value[:, :1].expand_as(value)
