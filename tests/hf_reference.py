@@ -384,7 +384,11 @@ class _Rotary:
         elif fam in _LLAMA_LIKE:
             self.cos, self.sin = hf.model.rotary_emb(probe, position_ids=pos)
         elif fam == "gptj":
-            self.sin, self.cos = hf.transformer.rotary_emb(probe, pos)
+            if hasattr(hf.transformer, "rotary_emb"):
+                self.sin, self.cos = hf.transformer.rotary_emb(probe, pos)
+            else:  # transformers 4.x: each attention keeps the sin/cos table, cast to the model's dtype
+                table = hf.transformer.h[0].attn.embed_positions.to(device)[pos].to(dtype)
+                self.sin, self.cos = torch.split(table, table.shape[-1] // 2, dim=-1)
             self.rotary_dim = hf.config.rotary_dim
         else:
             self.cos = self.sin = None  # absolute positions (gpt2, opt)

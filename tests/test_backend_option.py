@@ -1,5 +1,7 @@
 """--circuits-backend and --circuits-remote in real pytest sessions (pytester)."""
 
+import importlib.util
+
 import pytest
 
 from pytest_circuits.toys import induction
@@ -37,3 +39,31 @@ def test_an_unknown_backend_is_a_usage_error(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--circuits-backend", "jax")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown --circuits-backend 'jax': choose transformer_lens, hf or nnsight*"])
+
+
+EDGE_CLAIM = """
+from pathlib import Path
+
+
+def test_the_induction_edge_is_sufficient(circuits):
+    result = circuits.denoise("{prev} -> {head}.k, embed -> {head}.q, embed -> {head}.v, {head} -> logits")
+    Path("score.txt").write_text(repr(result.score))
+    circuits.assert_sufficient("{prev} -> {head}.k, embed -> {head}.q, embed -> {head}.v, {head} -> logits", 0.5)
+"""
+
+
+def test_an_edge_claim_gives_the_same_score_on_every_backend(pytester):
+    """The same edge claim file on the same folder: one verdict and one score (to 1e-5) whichever
+    backend patches it."""
+    folder = induction.save_checkpoint(pytester.path / "ckpt")
+    (prev,) = induction.CIRCUIT["previous_token"]
+    (head,) = induction.CIRCUIT["induction"]
+    pytester.makepyfile(test_claims=EDGE_CLAIM.format(prev=prev, head=head))
+    backends = ["transformer_lens", "hf"] + (["nnsight"] if importlib.util.find_spec("nnsight") else [])
+    scores = {}
+    for backend in backends:
+        result = pytester.runpytest("-p", "no:cacheprovider", "--circuits-model", str(folder), "--circuits-prompts", "toy:induction", "--circuits-backend", backend)
+        result.assert_outcomes(passed=1)
+        scores[backend] = float((pytester.path / "score.txt").read_text())
+    assert all(abs(score - scores["transformer_lens"]) < 1e-5 for score in scores.values()), scores
+    assert scores["hf"] > 0.5, scores

@@ -133,7 +133,7 @@ def test_a_remote_hub_model_is_never_downloaded_and_every_trace_is_remote(hub_ca
     scores = _scores(model)
     assert all(kwargs == {"remote": True} for kwargs, _ in calls)
     assert torch.allclose(torch.tensor(scores), torch.tensor(_scores(load_model("toy:induction", "cpu"))), atol=1e-4)
-    with pytest.raises(BackendError, match="remote \\(NDIF\\) model's weights stay there"):
+    with pytest.raises(BackendError, match="which a remote \\(NDIF\\) trace does not see"):
         model.check_edges()
     with pytest.raises(ModelSpecError, match="remote \\(NDIF\\) runs take a hub model NDIF serves"):
         load_model("nnsight+remote://toy:induction", "cpu")

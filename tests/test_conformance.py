@@ -372,15 +372,10 @@ def engine_edges(family: str, text: str) -> str:
     return text
 
 
-@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
-@pytest.mark.parametrize("text", EDGES, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
-def test_edge_circuits(family, dtype, text):
-    model, pairs, reference = setup(family, dtype)
-    patcher = Patcher(model, pairs)
-    text = engine_edges(family, text)
+def edge_expectations(reference, text: str) -> dict:
+    """The reference's patched metric for denoise, noise and circuit-only of the edges ``text``."""
     edges = parse_edges(text)
     neuron_layers = {int(r[1 : r.index("N")]) for _, r in edges if "N" in r and not r.startswith("MLP")}
-    d_mlp = patcher.shape.d_mlp
 
     def pick(run, inside: bool):
         """choose(s, r): ``run``'s writes for edges in (inside) or outside (not inside) the circuit."""
@@ -399,15 +394,23 @@ def test_edge_circuits(family, dtype, text):
 
         return for_prompt
 
-    expected = {
+    return {
         "denoise": reference.edge_run("corrupt", pick("clean", True)),
         "noise": reference.edge_run("clean", pick("corrupt", True)),
         "circuit_only": reference.edge_run("clean", pick("corrupt", False)),
     }
-    for kind, value in expected.items():
+
+
+@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
+@pytest.mark.parametrize("text", EDGES, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
+def test_edge_circuits(family, dtype, text):
+    model, pairs, reference = setup(family, dtype)
+    patcher = Patcher(model, pairs)
+    text = engine_edges(family, text)
+    for kind, value in edge_expectations(reference, text).items():
         result = patcher.measure(kind, text)
         assert close(result.patched, value, dtype), (kind, result.patched, value)
-    assert d_mlp  # every family here has MLPs
+    assert patcher.shape.d_mlp  # every family here has MLPs
 
 
 @pytest.mark.parametrize("family, dtype", cases(edges_only=True))

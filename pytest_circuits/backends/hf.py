@@ -3,8 +3,11 @@
 No wrapping, no extra dependency: the model's architecture map (``hf_layout``) says which module's
 input or output holds each site, a hook there applies the engine's patches, and the map is proven
 on a probe forward before anything is patched (``MappedBackend.prove``). Node circuits, sweeps
-(the plain path: every configuration one batched forward) and node attribution work; path
-patching (edges) needs per-receiver q/k/v inputs, which these backends do not build, and is refused.
+(the plain path: every configuration one batched forward) and node attribution work.
+
+Path patching (edges) gives each receiver its own input (``hf_receivers``): each head's q, k and v
+and each MLP's input recomputed from its own copy of the residual stream, proven per model by a
+probe; a model that fails (Gemma-2: a norm after attention mixes the heads) is refused.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import torch
 
 from ..nodes import ModelShape
 from .base import BackendError, Patch, Site
-from .hf_layout import Layout, Point, _close, attention_write_point, find_layout, out_weight
+from .hf_layout import Layout, Point, _close, attention_write_point, find_layout
+from .hf_receivers import RECEIVER_INPUTS, Op, ReceiverInputs
 
 Handler = Callable[[torch.Tensor], torch.Tensor]
 
 
-class MappedBackend:
+class MappedBackend(ReceiverInputs):
     """What the ``hf`` and ``nnsight`` backends share: the map, the probe, the site bookkeeping.
     A subclass supplies ``_forward(tokens, handlers, grad)``: one forward of the model where each
     (point, handler) replaces the value at that point by ``handler(value)``, in forward order."""
@@ -58,12 +62,20 @@ class MappedBackend:
         return devices.pop() if devices else torch.device("cpu")
 
     def _forward_order(self) -> List[Point]:
-        """Points in the order a decoder forward reaches them: per layer its input, the heads, the
-        attention write, the neurons, the MLP write, its output; then the final norm's input."""
+        """Points in the order a decoder forward reaches them: per layer its input, its attention
+        norm's input and q/k/v projections, the heads, the attention write, its MLP norm's input and
+        the MLP's input, the neurons, the MLP write, its output; then the final norm's input."""
         order: List[Point] = []
         for l in range(self.layout.n_layers):
             site = lambda kind: self.layout.point(Site(kind, l))  # noqa: E731
-            order += [site("resid_pre"), site("head"), self._attn_write[l], site("neuron"), site("mlp"), site("resid_post")]
+            receivers = self.layout.receivers[l] if self.layout.receivers else None
+            order.append(site("resid_pre"))
+            if receivers:  # the norm before attention reads the stream, then q, k, v are projected
+                order += [(receivers.attn_norm, "input")] + [(path, "output") for path, _ in receivers.projections]
+            order += [site("head"), self._attn_write[l]]
+            if receivers:
+                order += [(receivers.mlp_norm, "input"), receivers.mlp_entry]
+            order += [site("neuron"), site("mlp"), site("resid_post")]
         order.append(self.layout.point(Site("resid_final")))
         return list(dict.fromkeys(order))
 
@@ -132,14 +144,23 @@ class MappedBackend:
     ) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
         if split_inputs:
             self.check_edges()
+        return self._run(tokens, patches, capture, split_inputs, grad)
+
+    def _run(self, tokens, patches=None, capture=(), split_inputs=False, grad=False):
         patches = dict(patches or {})
         capture = set(capture)
         captured: Dict[Site, torch.Tensor] = {}
-        by_point: Dict[Point, List[Site]] = {}
-        for site in sorted(set(patches) | capture, key=self._rank):
-            by_point.setdefault(self.point(site), []).append(site)
-        handlers = [(point, self._handler(sites, patches, capture, captured, tuple(tokens.shape))) for point, sites in by_point.items()]
-        with torch.enable_grad() if grad else torch.no_grad():
+        receivers = {site for site in set(patches) | capture if site.kind in RECEIVER_INPUTS}
+        if receivers and not split_inputs:
+            raise BackendError(f"{sorted(receivers)[0].kind} sites exist only in a split-input run (split_inputs=True)")
+        ops: Dict[Point, List[Op]] = {}
+        for site in sorted((set(patches) | capture) - receivers, key=self._rank):
+            ops.setdefault(self.point(site), []).append(self._site_op(site, patches, capture, captured))
+        grouped = self._receiver_ops(ops, receivers, patches, capture, captured)
+        order = self.layout.order
+        points = sorted(ops, key=lambda point: order.index(point) if point in order else len(order))
+        handlers = [(point, self._handler(ops[point], tuple(tokens.shape))) for point in points]
+        with self._per_query_head_kv(grouped), torch.enable_grad() if grad else torch.no_grad():
             logits = self._forward(tokens.to(self.device), handlers, grad)
         return logits, captured
 
@@ -148,18 +169,26 @@ class MappedBackend:
         order = self.layout.order
         return (order.index(point) if point in order else len(order), 0 if site.kind == "embed" else 1, site.kind)
 
-    def _handler(self, sites: List[Site], patches, capture, captured, batch_pos: Tuple[int, int]) -> Handler:
+    def _site_op(self, site: Site, patches, capture, captured) -> Op:
+        def op(value: torch.Tensor) -> torch.Tensor:
+            view = self.layout.to_heads(value) if site.kind == "head" else value
+            if site in patches:
+                view = patches[site](view)
+                value = view.reshape(value.shape) if site.kind == "head" else view
+            if site in capture:
+                captured[site] = view.detach().clone()
+            return value
+
+        return op
+
+    @staticmethod
+    def _handler(ops: List[Op], batch_pos: Tuple[int, int]) -> Handler:
         def handle(value: torch.Tensor) -> torch.Tensor:
             flat = value.dim() == 2  # OPT runs its MLP on [batch * pos, d]
             if flat:
                 value = value.view(*batch_pos, -1)
-            for site in sites:
-                view = self.layout.to_heads(value) if site.kind == "head" else value
-                if site in patches:
-                    view = patches[site](view)
-                    value = view.reshape(value.shape) if site.kind == "head" else view
-                if site in capture:
-                    captured[site] = view.detach().clone()
+            for op in ops:
+                value = op(value)
             return value.reshape(-1, value.shape[-1]) if flat else value
 
         return handle
@@ -167,27 +196,9 @@ class MappedBackend:
     def _forward(self, tokens: torch.Tensor, handlers: List[Tuple[Point, Handler]], grad: bool) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- path patching: refused ---------------------------------------------------------------
-    def check_edges(self) -> None:
-        raise BackendError(
-            f"{self.architecture} model {self.name!r} cannot be path patched (edge circuits, edge attribution) by the "
-            f"{self.kind} backend: it does not build per-receiver q/k/v inputs. Node circuits, sweeps and node "
-            "attribution work on this model; for edges load it with --circuits-backend transformer_lens."
-        )
-
-    def check_neuron_receivers(self) -> None:
-        self.check_edges()
-
-    def head_writes(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """Each head's write ``[batch, pos, head, d_model]`` (before any norm after attention)."""
-        W, _ = out_weight(self.hf.get_submodule(self.layout.out_proj[layer]))
-        W = W.reshape(self.layout.n_heads, self.layout.d_head, -1)
-        return torch.einsum("bphd,hdm->bphm", z, W.to(z.dtype))
-
-    def neuron_acts(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        self.check_edges()
-        raise AssertionError("unreachable")
-
+    def _apply(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        """Module ``path`` applied to ``x`` outside its place in the forward (its hooks stood down)."""
+        raise NotImplementedError
 
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -216,6 +227,8 @@ class HFBackend(MappedBackend):
 
     kind = "hf"
 
+    _standing_down = False  # while a module is applied outside its place in the forward (``_apply``)
+
     def _forward(self, tokens, handlers, grad):
         hooks = []
         try:
@@ -224,6 +237,8 @@ class HFBackend(MappedBackend):
                 if where == "input":
 
                     def pre(module, args, kwargs, handle=handle):
+                        if self._standing_down:
+                            return None
                         value, repack = _first_input(args, kwargs)
                         return repack(handle(value))
 
@@ -231,6 +246,8 @@ class HFBackend(MappedBackend):
                 else:
 
                     def post(module, args, output, handle=handle):
+                        if self._standing_down:
+                            return None
                         if isinstance(output, tuple):
                             return (handle(output[0]),) + tuple(output[1:])
                         return handle(output)
@@ -240,3 +257,12 @@ class HFBackend(MappedBackend):
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def _apply(self, path, x):
+        """The module called with its hooks (ours) stood down: a norm recomputed for a receiver is
+        not a second visit of that norm's point."""
+        saved, self._standing_down = self._standing_down, True
+        try:
+            return self.hf.get_submodule(path)(x)
+        finally:
+            self._standing_down = saved

@@ -7,7 +7,8 @@ architecture map is the ``hf`` backend's (``hf_layout``), read from the wrapped 
 runs as one more trace when the backend is made. Remote execution takes the NDIF API key from the
 environment (``NDIF_API_KEY``, read by nnsight) and is chosen with ``remote=True``, a
 ``nnsight+remote://`` model spec or ``--circuits-remote``. Gradients (attribution) need the graph on
-this machine, so they are refused when remote.
+this machine, so they are refused when remote, and so is path patching (it recomputes receiver
+inputs from the local weights).
 """
 
 from __future__ import annotations
@@ -78,17 +79,6 @@ class NNsightBackend(MappedBackend):
         super().__init__(hf_model, tokenizer=tokenizer if tokenizer is not None else getattr(model, "tokenizer", None), name=name)
         self.requests = 0  # traces sent (remote requests when remote), for tests and cost reports
 
-    def check_edges(self) -> None:
-        """Path patching computes each sender's write from the model's weights on this machine;
-        a remote model's weights stay on NDIF."""
-        if self.remote:
-            raise BackendError(
-                f"{self.architecture} model {self.name!r}: path patching (edges) computes sender writes from the weights "
-                "on this machine, and a remote (NDIF) model's weights stay there; node circuits and sweeps run remotely, "
-                "edges locally (without --circuits-remote)."
-            )
-        super().check_edges()
-
     def _device(self) -> torch.device:
         """Where prompts go: a remote model's weights stay on NDIF (here they are meta tensors), so
         its inputs are sent from the CPU."""
@@ -127,6 +117,20 @@ class NNsightBackend(MappedBackend):
                         envoy.output = handle(out)
             logits = nnsight.save(model.output.logits)
         return logits
+
+    def _apply(self, path: str, x: torch.Tensor) -> torch.Tensor:
+        """Through the module's envoy: inside a trace nnsight stands down for the call, so the
+        module's real place in the forward is untouched."""
+        return self.nn.get(path)(x)
+
+    def _find_edge_problem(self):
+        if self.remote:
+            return (
+                "path patching recomputes each receiver's input from this machine's copy of the weights (and runs "
+                "grouped-query attention per query head by changing the local modules), which a remote (NDIF) trace "
+                "does not see; run edge claims locally (without --circuits-remote)"
+            )
+        return super()._find_edge_problem()
 
 
 def _require_api_key() -> None:
