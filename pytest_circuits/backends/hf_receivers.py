@@ -196,15 +196,27 @@ class ReceiverInputs:
                 if not ok:
                     self._neuron_problem = why
         self._neuron_problem = self._neuron_problem or ""
-        for layer in sorted({0, self.shape.n_layers - 1}):  # the recomputed inputs are what the model reads
-            for site, reader in ((Site("v_input", layer), Site("head", layer)), (Site("mlp_in", layer), Site("neuron", layer))):
-                _, changed = self._run(tokens, patches={site: _reversed_positions}, capture=[reader], split_inputs=True)
-                if _close(changed[reader], acts[reader]):
-                    return f"changing layer {layer}'s {site.kind} leaves its {reader.kind} values as they were: the model does not read the inputs the hooks compute"
+        # the recomputed inputs are what the model reads: changing one changes what it feeds, in some
+        # layer (the same hooks serve every layer; a layer whose weights ignore the change, as in a
+        # hand-set toy whose last attention is all zeros, cannot show it, so the first that can does)
+        order = list(dict.fromkeys([0, self.shape.n_layers - 1, *layers]))
+        if not any(self._reads_its_input(tokens, Site("v_input", layer), Site("head", layer), acts) for layer in order):
+            return "changing any layer's v_input leaves its head values as they were: the model does not read the inputs the hooks compute"
+        for layer in order:
+            if self._reads_its_input(tokens, Site("mlp_in", layer), Site("neuron", layer), acts):
+                break
+            if self._neuron_problem or _close(self.neuron_acts(layer, _noised(acts[Site("mlp_in", layer)])), acts[Site("neuron", layer)]):
+                continue  # its neurons cannot see the change (a dead or all-zero MLP): try the next layer
+            return f"changing layer {layer}'s mlp_in leaves its neuron values as they were, though its own neurons computed from it change: the model does not read the inputs the hooks compute"
+        for layer in sorted({0, self.shape.n_layers - 1}):
             problem = self._slots_problem(layer, tokens, acts[Site("head", layer)])
             if problem:
                 return problem
         return None
+
+    def _reads_its_input(self, tokens: torch.Tensor, site: Site, reader: Site, plain: Dict[Site, torch.Tensor]) -> bool:
+        _, changed = self._run(tokens, patches={site: _noised}, capture=[reader], split_inputs=True)
+        return not _close(changed[reader], plain[reader])
 
     def _slots_problem(self, layer: int, tokens: torch.Tensor, plain: torch.Tensor) -> Optional[str]:
         """Each q/k/v input feeds its own head's own query, key or value, seen on the heads' outputs
@@ -262,6 +274,14 @@ class ReceiverInputs:
 def _reversed_positions(value: torch.Tensor) -> torch.Tensor:
     """The probe's change to a receiver input: its positions in reverse order (a norm ignores scaling)."""
     return value.flip(1)
+
+
+def _noised(value: torch.Tensor) -> torch.Tensor:
+    """A probe change to a receiver input in every direction of the stream (fixed noise at the
+    input's own scale), so that any weight that reads the input at all sees it change, whatever
+    the probe's tokens (a hand-set toy's heads may read one direction only)."""
+    noise = torch.randn(value.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    return value + noise.to(value.device, value.dtype) * value.detach().float().std().to(value.dtype)
 
 
 def _reversed_positions_of(heads):
