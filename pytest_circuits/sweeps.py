@@ -10,10 +10,12 @@ on the model itself (a probe forward, once) that it reproduces the plain forward
   stream, the blocks getting what the model's own forward gave them (rotary tables, masks, alibi);
   it stops at the final stream, and only the logits the metric reads are computed (for
   ``logit_diff``, the answer columns of the unembedding at each prompt's answer position);
-* **suffix** (GPT-2-style blocks: ``resumes_suffix``): as resume, and positions before the first
-  one a patch can change are not recomputed either (their keys and values come from the cached
-  stream; causality); an MLP or neuron patch resumes one layer later still, since its write is
-  simply added to the cached stream;
+* **suffix** (``resumes_suffix``): as resume, and positions before the first one a patch can
+  change are not recomputed either (causality): GPT-2-style blocks in written-out attention that
+  reads the prefix's keys and values from the cached stream, other blocks as the model's own,
+  handed a key/value cache of the prefix (``backends/prefix.py``); an MLP patch (and, in
+  GPT-2-style blocks, a neuron patch) resumes one layer later still, since its write is simply
+  added to the cached stream;
 * **plain** (everything else): the whole forward, every logit.
 """
 

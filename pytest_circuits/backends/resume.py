@@ -86,6 +86,11 @@ class _Unsupported(Exception):
     pass
 
 
+class _Recorded(Exception):
+    """Raised once the last block's inputs are recorded: the rest of the forward (the last block,
+    the unembedding) is not needed."""
+
+
 def _record(blocks, forward, tokens) -> Optional[list]:
     calls: list = [None] * len(blocks)
 
@@ -93,12 +98,16 @@ def _record(blocks, forward, tokens) -> Optional[list]:
         def hook(module, args, kwargs):
             if calls[index] is None:
                 calls[index] = _stream_slot(args, kwargs)
+            if index == len(blocks) - 1:
+                raise _Recorded
         return hook
 
     handles = [block.register_forward_pre_hook(grab(i), with_kwargs=True) for i, block in enumerate(blocks)]
     try:
         with torch.no_grad():
             forward(tokens)
+    except _Recorded:
+        pass
     finally:
         for handle in handles:
             handle.remove()

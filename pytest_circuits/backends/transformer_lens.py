@@ -409,10 +409,11 @@ class TransformerLensBackend:
     def _choose_suffix(self) -> bool:
         ways = [("cache", per_key, every_name) for every_name in (False, True) for per_key in (False, True)]
         ways = ([("gpt2", False, False)] if self._looks_gpt2_style() else []) + ways
+        shared: dict = {}  # the probe's plain forwards and captures, the same for every way
         for way in ways:
             self._suffix_way = way
             try:
-                if self._suffix_reproduces_forward():
+                if self._suffix_reproduces_forward(shared):
                     return True
             except Exception:  # noqa: BLE001 - a model this way does not understand tries the next
                 pass
@@ -465,47 +466,66 @@ class TransformerLensBackend:
             and callable(getattr(mlp, "act_fn", None))
         )
 
-    def _suffix_reproduces_forward(self) -> bool:
+    def _suffix_reproduces_forward(self, shared: Optional[dict] = None) -> bool:
+        """Two different prompts, resumed at every layer from positions 0, 2 and the last, each as
+        a changed copy (its stream scaled and head 0 zeroed from there on) and an unchanged one,
+        against one plain forward per layer of the prompts in as many copies as there are starts,
+        plus one unchanged. ``shared`` keeps what does not depend on the way being tried."""
+        shared = {} if shared is None else shared
         one = self._probe_tokens()
         tokens = torch.cat([one, (one * 3 + 1) % self.shape.d_vocab])  # two different prompts
         n, p, rows = self.shape.n_layers, tokens.shape[1], tokens.shape[0]
-        sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
-        logits, acts = self.run(tokens, capture=sites)
-        if not _close(self.unembed(acts[Site("resid_final")]), logits):
+        starts = sorted({0, min(2, p - 1), p - 1})
+        if "acts" not in shared:
+            sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
+            logits, shared["acts"] = self.run(tokens, capture=sites)
+            shared["unembeds"] = _close(self.unembed(shared["acts"][Site("resid_final")]), logits)
+        acts = shared["acts"]
+        if not shared["unembeds"]:
             return False
-        inputs = self.suffix_inputs(tokens)
+        kind = self._suffix_way[0]
+        if kind not in shared:
+            shared[kind] = self.suffix_inputs(tokens)
+        inputs = shared[kind]
         if inputs is None:
             return False
-        doubled = tokens.repeat(2, 1)  # two copies; patches change the first only
-        for start in sorted({0, min(2, p - 1), p - 1}):
-            for layer in range(n):
-                patches = self._suffix_probe_patches(layer, rows, start)
-                _, plain = self.run(doubled, patches=patches, capture=[Site("resid_final")])
-                expected = plain[Site("resid_final")][:, start:]
+        unchanged = slice(len(starts) * rows, None)  # the last copy
+        for layer in range(n):
+            if layer not in shared:
+                copies = tokens.repeat(len(starts) + 1, 1)
+                patches = self._suffix_probe_patches(layer, rows, starts)
+                shared[layer] = self.run(copies, patches=patches, capture=[Site("resid_final")])[1][Site("resid_final")]
+            plain = shared[layer]
+            for i, start in enumerate(starts):
+                expected = torch.cat([plain[i * rows : (i + 1) * rows, start:], plain[unchanged, start:]])
                 prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
                 suffix = acts[Site("resid_pre", layer)].repeat(2, 1, 1)[:, start:].clone()
                 suffix[:rows] = suffix[:rows] * 0.9
                 head = lambda z: torch.cat([_zero_head(z[:rows]), z[rows:]])  # noqa: E731
                 if not _close(self.run_suffix(layer, prefix, suffix, head, inputs=inputs), expected):
                     return False
-                read = torch.arange(2 * rows, device=self.device) % (p - start)
-                at = expected[torch.arange(2 * rows, device=self.device), read]
-                if not _close(self.run_suffix(layer, prefix, suffix, head, read=read, inputs=inputs), at):
-                    return False
+                if kind == "gpt2":  # its last block computes only the rows read: checked too
+                    read = torch.arange(2 * rows, device=self.device) % (p - start)
+                    at = expected[torch.arange(2 * rows, device=self.device), read]
+                    if not _close(self.run_suffix(layer, prefix, suffix, head, read=read, inputs=inputs), at):
+                        return False
         return True
 
-    def _suffix_probe_patches(self, layer: int, rows: int, start: int) -> Dict[Site, Patch]:
-        """The plain-forward twin of the suffix probe's changes: the first copy's stream entering
-        ``layer`` scaled by 0.9 and head 0's output zeroed there, from position ``start`` on."""
+    def _suffix_probe_patches(self, layer: int, rows: int, starts) -> Dict[Site, Patch]:
+        """The plain-forward twin of the suffix probe's changes: in copy ``i`` (of ``rows`` rows),
+        the stream entering ``layer`` scaled by 0.9 and head 0's output zeroed there, from position
+        ``starts[i]`` on; the last copy unchanged."""
 
         def stream(act):
             act = act.clone()
-            act[:rows, start:] = act[:rows, start:] * 0.9
+            for i, start in enumerate(starts):
+                act[i * rows : (i + 1) * rows, start:] = act[i * rows : (i + 1) * rows, start:] * 0.9
             return act
 
         def head(z):
             z = z.clone()
-            z[:rows, start:] = _zero_head(z[:rows, start:])
+            for i, start in enumerate(starts):
+                z[i * rows : (i + 1) * rows, start:] = _zero_head(z[i * rows : (i + 1) * rows, start:])
             return z
 
         return {Site("resid_pre", layer): stream, Site("head", layer): head}
