@@ -467,54 +467,68 @@ class TransformerLensBackend:
         )
 
     def _suffix_reproduces_forward(self, shared: Optional[dict] = None) -> bool:
-        """Two different prompts, resumed at every layer from positions 0, 2 and the last, each as
-        a changed copy (its stream scaled and head 0 zeroed from there on) and an unchanged one,
-        against one plain forward per layer of the prompts in as many copies as there are starts,
-        plus one unchanged. ``shared`` keeps what does not depend on the way being tried."""
+        """The probe of the way being tried; ``shared`` keeps what does not depend on the way."""
         shared = {} if shared is None else shared
         one = self._probe_tokens()
         tokens = torch.cat([one, (one * 3 + 1) % self.shape.d_vocab])  # two different prompts
-        n, p, rows = self.shape.n_layers, tokens.shape[1], tokens.shape[0]
-        starts = sorted({0, min(2, p - 1), p - 1})
+        n = self.shape.n_layers
         if "acts" not in shared:
             sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
             logits, shared["acts"] = self.run(tokens, capture=sites)
             shared["unembeds"] = _close(self.unembed(shared["acts"][Site("resid_final")]), logits)
-        acts = shared["acts"]
         if not shared["unembeds"]:
             return False
         kind = self._suffix_way[0]
         if kind not in shared:
             shared[kind] = self.suffix_inputs(tokens)
-        inputs = shared[kind]
-        if inputs is None:
+        if shared[kind] is None:
             return False
-        unchanged = slice(len(starts) * rows, None)  # the last copy
+        if kind == "gpt2":
+            return self._gpt2_suffix_reproduces_forward(tokens, shared["acts"])
+        return self._cached_suffix_reproduces_forward(tokens, shared["acts"], shared[kind], shared)
+
+    def _gpt2_suffix_reproduces_forward(self, tokens: torch.Tensor, acts) -> bool:
+        """The written-out blocks resumed from position 2 at every layer give the final stream."""
+        n, final = self.shape.n_layers, acts[Site("resid_final")]
+        start = min(2, tokens.shape[1] - 1)
         for layer in range(n):
-            if layer not in shared:
-                copies = tokens.repeat(len(starts) + 1, 1)
-                patches = self._suffix_probe_patches(layer, rows, starts)
-                shared[layer] = self.run(copies, patches=patches, capture=[Site("resid_final")])[1][Site("resid_final")]
-            plain = shared[layer]
+            prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
+            resumed = self.run_suffix(layer, prefix, acts[Site("resid_pre", layer)][:, start:])
+            if not _close(resumed, final[:, start:]):
+                return False
+        return True
+
+    def _cached_suffix_reproduces_forward(self, tokens: torch.Tensor, acts, inputs: PrefixInputs, shared: dict) -> bool:
+        """The model's own blocks with a cache of the prefix, from positions 0, 2 and the last, as a
+        changed copy and an unchanged one: from layer 0 with head 0 zeroed at every layer (every
+        block's suffix call, every head hook), and from the middle and the last layer with the
+        stream entering it scaled and head 0 zeroed there. Each against one plain forward of the
+        prompts in as many copies as there are starts, plus one unchanged."""
+        n, p, rows = self.shape.n_layers, tokens.shape[1], tokens.shape[0]
+        starts = sorted({0, min(2, p - 1), p - 1})
+        unchanged = slice(len(starts) * rows, None)  # the last copy
+        head = lambda z: torch.cat([_zero_head(z[:rows]), z[rows:]])  # noqa: E731
+        for layer, every in ((0, True), (n // 2, False), (n - 1, False)):
+            at = range(n) if every else [layer]
+            if (layer, every) not in shared:
+                patches = self._suffix_probe_patches(at, layer, rows, starts)
+                shared[(layer, every)] = self.run(tokens.repeat(len(starts) + 1, 1), patches=patches, capture=[Site("resid_final")])[1]
+            plain = shared[(layer, every)][Site("resid_final")]
             for i, start in enumerate(starts):
                 expected = torch.cat([plain[i * rows : (i + 1) * rows, start:], plain[unchanged, start:]])
                 prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
                 suffix = acts[Site("resid_pre", layer)].repeat(2, 1, 1)[:, start:].clone()
                 suffix[:rows] = suffix[:rows] * 0.9
-                head = lambda z: torch.cat([_zero_head(z[:rows]), z[rows:]])  # noqa: E731
-                if not _close(self.run_suffix(layer, prefix, suffix, head, inputs=inputs), expected):
+                heads = {Site("head", j): head for j in at}
+                resumed = self._run_suffix_cached(layer, prefix, suffix, None, inputs, heads)
+                if not _close(resumed, expected):
                     return False
-                if kind == "gpt2":  # its last block computes only the rows read: checked too
-                    read = torch.arange(2 * rows, device=self.device) % (p - start)
-                    at = expected[torch.arange(2 * rows, device=self.device), read]
-                    if not _close(self.run_suffix(layer, prefix, suffix, head, read=read, inputs=inputs), at):
-                        return False
         return True
 
-    def _suffix_probe_patches(self, layer: int, rows: int, starts) -> Dict[Site, Patch]:
+    def _suffix_probe_patches(self, heads, layer: int, rows: int, starts) -> Dict[Site, Patch]:
         """The plain-forward twin of the suffix probe's changes: in copy ``i`` (of ``rows`` rows),
-        the stream entering ``layer`` scaled by 0.9 and head 0's output zeroed there, from position
-        ``starts[i]`` on; the last copy unchanged."""
+        from position ``starts[i]`` on, the stream entering ``layer`` scaled by 0.9 and head 0's
+        output zeroed at the layers ``heads``; the last copy unchanged."""
 
         def stream(act):
             act = act.clone()
@@ -528,7 +542,7 @@ class TransformerLensBackend:
                 z[i * rows : (i + 1) * rows, start:] = _zero_head(z[i * rows : (i + 1) * rows, start:])
             return z
 
-        return {Site("resid_pre", layer): stream, Site("head", layer): head}
+        return {Site("resid_pre", layer): stream, **{Site("head", j): head for j in heads}}
 
     def run_suffix(
         self,
