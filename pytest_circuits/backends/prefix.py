@@ -135,13 +135,12 @@ class PrefixInputs:
         """Arguments for block ``layer`` on ``stream`` ([copies * batch, positions, d]): the
         prefix ``0..start-1`` or (``suffix``) the positions from ``start`` on."""
         copies = stream.shape[0] // self.batch
-        key = (layer, start, suffix, per_key, copies)
-        if key not in self._cut:
+        key = (layer, start, suffix, per_key)
+        if key not in self._cut:  # kept per base prompt, repeated per call: masks of many copies are large
             slot, args, kwargs = self._calls[layer]
-            cut = lambda value: _expand(_cut(value, start, suffix, per_key), copies)  # noqa: E731
-            self._cut[key] = (slot, cut(args), cut(kwargs))
+            self._cut[key] = (slot, _cut(args, start, suffix, per_key), _cut(kwargs, start, suffix, per_key))
         slot, args, kwargs = self._cut[key]
-        args, kwargs = _fill_cache(args, cache), _fill_cache(kwargs, cache)
+        args, kwargs = _fill_cache(_expand(args, copies), cache), _fill_cache(_expand(kwargs, copies), cache)
         if slot < 0:
             return args, {**kwargs, "hidden_states": stream}
         return args[:slot] + (stream,) + args[slot + 1 :], kwargs
