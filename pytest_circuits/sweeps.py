@@ -10,10 +10,12 @@ on the model itself (a probe forward, once) that it reproduces the plain forward
   stream, the blocks getting what the model's own forward gave them (rotary tables, masks, alibi);
   it stops at the final stream, and only the logits the metric reads are computed (for
   ``logit_diff``, the answer columns of the unembedding at each prompt's answer position);
-* **suffix** (GPT-2-style blocks: ``resumes_suffix``): as resume, and positions before the first
-  one a patch can change are not recomputed either (their keys and values come from the cached
-  stream; causality); an MLP or neuron patch resumes one layer later still, since its write is
-  simply added to the cached stream;
+* **suffix** (``resumes_suffix``): as resume, and positions before the first one a patch can
+  change are not recomputed either (causality): GPT-2-style blocks in written-out attention that
+  reads the prefix's keys and values from the cached stream, other blocks as the model's own,
+  handed a key/value cache of the prefix (``backends/prefix.py``); an MLP patch (and, in
+  GPT-2-style blocks, a neuron patch) resumes one layer later still, since its write is simply
+  added to the cached stream;
 * **plain** (everything else): the whole forward, every logit.
 """
 
@@ -126,6 +128,7 @@ class Sweeper:
         self._fast = bool(getattr(self.backend, "resumes_suffix", False))
         self._resumes = not self._fast and bool(getattr(self.backend, "resumes_layers", False))
         self._block_inputs: dict = {}
+        self._prefix_inputs: dict = {}
 
     def sweep(self, over="heads", mode="denoise", *, metric="logit_diff", per_position=False, progress=False) -> SweepResult:
         if not isinstance(over, str) or over not in OVER:
@@ -155,10 +158,10 @@ class Sweeper:
                 configs = [jobs[i][1] for i in chunk]
                 if all(self._changes_nothing(config) for config in configs):
                     values[chunk] = unpatched  # the patched values equal the base run's
-                elif self._fast:
+                elif self._fast and self._suffix_inputs(base) is not None:
                     final = self._run_chunk(over, layer, configs, base, source, metric.at_answer)
                     values[chunk] = self._metric(metric, self._unembed(metric, final)).cpu()
-                elif self._resumes and self._inputs(base) is not None:
+                elif self._resumes_layers() and self._inputs(base) is not None:
                     final = self._run_chunk_resumed(over, layer, configs, base, source)
                     values[chunk] = self._metric(metric, self._unembed(metric, final)).cpu()
                 else:
@@ -259,12 +262,23 @@ class Sweeper:
         patches = dict([self._chunk_patch(over, layer, configs, source)])
         return self.backend.run_from(layer, stream, self._inputs(base), patches)
 
+    def _resumes_layers(self) -> bool:
+        """The resume path: where chosen, or where the suffix path cannot take these prompts."""
+        return self._resumes or (self._fast and bool(getattr(self.backend, "resumes_layers", False)))
+
     def _inputs(self, base: str):
         """What the blocks receive in the base run besides the stream (None: not understood, so the
         chunk takes the plain path)."""
         if base not in self._block_inputs:
             self._block_inputs[base] = self.backend.block_inputs(self._tokens(base))
         return self._block_inputs[base]
+
+    def _suffix_inputs(self, base: str):
+        """What the backend's suffix runs need besides the streams, for the base prompts (None: not
+        understood, so the chunk resumes whole layers)."""
+        if base not in self._prefix_inputs:
+            self._prefix_inputs[base] = self.backend.suffix_inputs(self._tokens(base))
+        return self._prefix_inputs[base]
 
     def _tokens(self, base: str) -> torch.Tensor:
         return self.pairs.corrupt if base == "corrupt" else self.pairs.clean
@@ -325,6 +339,19 @@ class Sweeper:
             resid = self._stream(base, layer)
             src = self._values(source, [Site("resid_pre", layer)])[Site("resid_pre", layer)]
             return self._resume(base, layer, torch.where(positions[..., None], src[None], resid[None]), start, answers)
+        if over == "neurons" and getattr(self.backend, "suffix_takes_patches", False):
+            # the model's own blocks: patch the neurons at their hook (a write may pass a norm after the MLP: Gemma-2)
+            site = Site("neuron", layer)
+            neurons = torch.tensor([c for c, _ in configs], device=self.pairs.clean.device)
+            src = self._values(source, [site])[site][:, start:, neurons].movedim(2, 0)  # [k, b, s]
+
+            def patch_neurons(act):
+                act = act.view(k, b, *act.shape[1:]).clone()
+                act[torch.arange(k), :, :, neurons] = src.to(act.dtype)
+                return act.view(k * b, *act.shape[2:])
+
+            streams = self._stream(base, layer)[None].expand(k, -1, -1, -1)
+            return self._resume(base, layer, streams, start, answers, patches={site: patch_neurons})
         # MLPs and neurons: add the change of the write to the stream after the layer, resume from the next
         after = self._stream(base, layer + 1)
         if over == "mlps":
@@ -339,23 +366,24 @@ class Sweeper:
             delta = change.permute(2, 0, 1)[..., None] * directions[:, None, None, :]
         return self._resume(base, layer + 1, after[None] + delta.to(after.dtype), start, answers)
 
-    def _resume(self, base: str, layer: int, streams: torch.Tensor, start: int, answers: bool, patch_z=None) -> torch.Tensor:
+    def _resume(self, base: str, layer: int, streams: torch.Tensor, start: int, answers: bool, patch_z=None, patches=None) -> torch.Tensor:
         """Run ``streams`` ([k, b, pos, d], entering ``layer``) to the end; positions before
         ``start`` equal the base run, so where the backend can, only the rest is recomputed, and
         with ``answers`` only the answer rows of the last block ([k*b, d])."""
         k, b, p, d = streams.shape
         if answers:
-            return self._resume_answers(base, layer, streams, start, patch_z)
+            return self._resume_answers(base, layer, streams, start, patch_z, patches)
         final = self._stream(base, self.shape.n_layers)[None].repeat(k, 1, 1, 1)
         if layer < self.shape.n_layers:
             prefix = [self._stream(base, j)[:, :start] for j in range(layer, self.shape.n_layers)]
             suffix = streams[:, :, start:].reshape(k * b, p - start, d)
-            final[:, :, start:] = self.backend.run_suffix(layer, prefix, suffix, patch_z).view(k, b, p - start, d)
+            out = self.backend.run_suffix(layer, prefix, suffix, patch_z, inputs=self._suffix_inputs(base), **_given(patches))
+            final[:, :, start:] = out.view(k, b, p - start, d)
         else:
             final[:, :, start:] = streams[:, :, start:]
         return final.view(k * b, p, d)
 
-    def _resume_answers(self, base: str, layer: int, streams: torch.Tensor, start: int, patch_z) -> torch.Tensor:
+    def _resume_answers(self, base: str, layer: int, streams: torch.Tensor, start: int, patch_z, patches=None) -> torch.Tensor:
         k, b, p, d = streams.shape
         at = self.pairs.answer_positions
         rows = torch.arange(b, device=at.device)
@@ -366,7 +394,8 @@ class Sweeper:
         prefix = [self._stream(base, j)[:, :start] for j in range(layer, self.shape.n_layers)]
         suffix = streams[:, :, start:].reshape(k * b, p - start, d)
         read = (at - start).clamp(min=0).repeat(k)
-        out = self.backend.run_suffix(layer, prefix, suffix, patch_z, read=read).view(k, b, d)
+        out = self.backend.run_suffix(layer, prefix, suffix, patch_z, read=read, inputs=self._suffix_inputs(base), **_given(patches))
+        out = out.view(k, b, d)
         return torch.where(changed, out, final).reshape(k * b, d)
 
     def _changes_nothing(self, config) -> bool:
@@ -427,6 +456,11 @@ class Sweeper:
         reference = self.patcher.run_answer_logits("clean") if metric.needs_clean else None
         at = logits if logits.ndim == 3 else logits[:, torch.arange(b), self.pairs.answer_positions]  # [k, b, vocab]
         return torch.stack([metric(at[i], self.pairs, reference=reference) for i in range(k)])
+
+
+def _given(patches) -> dict:
+    """``patches=`` for ``run_suffix`` only when there are some (backends without them take none)."""
+    return {"patches": patches} if patches else {}
 
 
 def _progress(progress, what: str) -> Callable[[int, int], None]:

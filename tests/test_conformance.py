@@ -275,20 +275,24 @@ def sweep_key(over: str, layer: int, index: int):
 
 def with_paths(params):
     """Each sweep on the path the model's probe chooses; in float32 with ``logit_diff`` also forced
-    onto the plain path, and on GPT-2 (whose probe chooses the suffix path) onto the resume path,
-    so every path is checked against the reference."""
+    onto the plain path, and where the probe chooses the suffix path, onto the resume path too, so
+    every path is checked against the reference on every family."""
     out = []
     for param in params:
         family, dtype, over, per_position, metric = param.values
         paths = ["probed"]
         if dtype == "float32" and metric == "logit_diff":
-            paths += ["plain"] + (["resume"] if family == "gpt2" else [])
+            paths += ["plain"] + (["resume"] if PROBED[family] == "suffix" else [])
         out += [pytest.param(*param.values, path, id=f"{param.id}-{path}") for path in paths]
     return out
 
 
-# which path each family's probe chooses: the GPT-2-only suffix path, else resuming at the layer
-PROBED = {family: "suffix" if family == "gpt2" else "resume" for family in ALL_FAMILIES}
+# which path each family's probe chooses: the suffix path (GPT-2's written-out blocks, the others'
+# own blocks with the prefix's keys and values from a cache), except TransformerLens's native
+# attention-only model, whose blocks are handed no key/value cache: it resumes whole layers. A
+# family that fell back from the suffix path would fail here.
+NO_CACHE = ("native",)
+PROBED = {family: "resume" if family in NO_CACHE else "suffix" for family in ALL_FAMILIES}
 
 
 def force_path(backend, path: str) -> None:
@@ -340,10 +344,14 @@ def test_sweeps(family, dtype, over, per_position, metric, path, mode):
 @pytest.mark.parametrize("family, dtype", cases(mlps=False))
 def test_the_sweep_fast_path_is_taken_only_where_proven(family, dtype):
     """The shortcuts are enabled only after the model showed they reproduce its own forward: on
-    this suite the suffix path on GPT-2 alone, resuming at the patched layer on every family."""
+    this suite the suffix path on every family handed a key/value cache (GPT-2 through its
+    written-out blocks, the others through their own blocks and a cache of the prefix), and
+    resuming at the patched layer on every family."""
     model, pairs, _ = setup(family, dtype)
     backend = Patcher(model, pairs).backend
-    assert backend.resumes_suffix == (family == "gpt2")
+    assert backend.resumes_suffix == (family not in NO_CACHE)
+    if family not in NO_CACHE:
+        assert backend._suffix_way[0] == ("gpt2" if family == "gpt2" else "cache")
     assert backend.resumes_layers
 
 

@@ -126,15 +126,16 @@ def test_the_sweep_fast_path_is_taken_only_where_proven(hooked, family, dtype):
 
 def test_the_fast_path_is_refused_when_its_probe_disagrees(monkeypatch):
     """The GPT-2 shortcut is enabled by its probe, not by the model's shape: a HookedTransformer
-    whose attention is scaled differently (the shortcut divides by sqrt(d_head)) takes the plain path."""
+    whose attention is scaled differently (the shortcut divides by sqrt(d_head)) does not get it,
+    and takes the suffix path through its own blocks and a key/value cache of the prefix instead."""
     model, pairs, _ = hooked_setup("gpt2", "float32")
     backend = TransformerLensBackend(model)
-    assert backend._looks_gpt2_style() and backend.resumes_suffix
+    assert backend._looks_gpt2_style() and backend.resumes_suffix and backend._suffix_way[0] == "gpt2"
     other = build_hooked("gpt2")
     for block in other.blocks:
         block.attn.attn_scale = block.attn.attn_scale * 2  # not what the shortcut computes
     backend = TransformerLensBackend(other)
-    assert backend._looks_gpt2_style() and not backend.resumes_suffix
+    assert backend._looks_gpt2_style() and backend.resumes_suffix and backend._suffix_way[0] == "cache"
 
 
 @pytest.mark.parametrize("family, dtype", cases())

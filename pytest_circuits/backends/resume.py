@@ -20,6 +20,17 @@ _CACHES = ("past_key_values", "past_key_value", "layer_past", "past_kv_cache_ent
 _PLAIN = (type(None), bool, int, float, str)
 
 
+class _CacheSlot:
+    """Where a block is handed a key/value cache: a resumed call gets None there, a suffix run
+    (``prefix.py``) the stand-in holding the prefix's keys and values."""
+
+    def __repr__(self) -> str:
+        return "CACHE"
+
+
+CACHE = _CacheSlot()
+
+
 class _Batched:
     """A tensor with the batch as its outermost factor of dim 0 (``[b * m, ...]``)."""
 
@@ -38,14 +49,16 @@ class BlockInputs:
         self.batch = batch
         self._expanded: dict = {}
 
-    def call(self, layer: int, stream: torch.Tensor) -> Tuple[tuple, dict]:
-        """Arguments for block ``layer`` given ``stream`` ([copies * batch, pos, d], copy-major)."""
+    def call(self, layer: int, stream: torch.Tensor, cache=None) -> Tuple[tuple, dict]:
+        """Arguments for block ``layer`` given ``stream`` ([copies * batch, pos, d], copy-major),
+        ``cache`` where the model hands the block its key/value cache."""
         copies = stream.shape[0] // self.batch
         key = (layer, copies)
         if key not in self._expanded:
             slot, args, kwargs = self._calls[layer]
             self._expanded[key] = (slot, _expand(args, copies), _expand(kwargs, copies))
         slot, args, kwargs = self._expanded[key]
+        args, kwargs = _fill_cache(args, cache), _fill_cache(kwargs, cache)
         if slot < 0:
             return args, {**kwargs, "hidden_states": stream}
         return args[:slot] + (stream,) + args[slot + 1 :], kwargs
@@ -73,6 +86,11 @@ class _Unsupported(Exception):
     pass
 
 
+class _Recorded(Exception):
+    """Raised once the last block's inputs are recorded: the rest of the forward (the last block,
+    the unembedding) is not needed."""
+
+
 def _record(blocks, forward, tokens) -> Optional[list]:
     calls: list = [None] * len(blocks)
 
@@ -80,12 +98,16 @@ def _record(blocks, forward, tokens) -> Optional[list]:
         def hook(module, args, kwargs):
             if calls[index] is None:
                 calls[index] = _stream_slot(args, kwargs)
+            if index == len(blocks) - 1:
+                raise _Recorded
         return hook
 
     handles = [block.register_forward_pre_hook(grab(i), with_kwargs=True) for i, block in enumerate(blocks)]
     try:
         with torch.no_grad():
             forward(tokens)
+    except _Recorded:
+        pass
     finally:
         for handle in handles:
             handle.remove()
@@ -116,7 +138,7 @@ def _reinsert(args: tuple, slot: int) -> tuple:
 def _pair(once, twice, name: str = ""):
     """One value of the base forward, its twin from the doubled one: what a resumed call is given."""
     if name in _CACHES or _is_cache(once):
-        return None
+        return CACHE
     if name == "use_cache":
         return False
     if isinstance(once, torch.Tensor):
@@ -150,6 +172,16 @@ def _is_cache(value) -> bool:
     """A key/value cache object (Hugging Face's ``Cache`` classes and TransformerLens's), whatever
     the argument is called: a resumed block must not write its keys into the base run's cache."""
     return any(cls.__name__.endswith("Cache") for cls in type(value).__mro__) and not isinstance(value, torch.Tensor)
+
+
+def _fill_cache(value, cache):
+    if value is CACHE:
+        return cache
+    if isinstance(value, dict):
+        return {k: _fill_cache(v, cache) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fill_cache(v, cache) for v in value)
+    return value
 
 
 def _expand(value, copies: int):

@@ -23,6 +23,7 @@ import torch
 
 from ..circuit import ModelShape
 from .base import BackendError, Patch, Site
+from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
 
 HOOKS = {
@@ -160,6 +161,8 @@ class TransformerLensBackend:
         self._edge_problem: Optional[str] = None
         self._neuron_problem: Optional[str] = None
         self._suffix_checked: Optional[bool] = None
+        # once proven: ("gpt2" | "cache", inputs with one position dimension per key, cache handed on under every name)
+        self._suffix_way: Optional[Tuple[str, bool, bool]] = None
         self._resume_checked: Optional[bool] = None
 
     def _check_hooks(self, mlps: bool) -> None:
@@ -392,13 +395,38 @@ class TransformerLensBackend:
     # -- sweeps: resume from a layer, read only the logits a metric needs ------------------------
     @property
     def resumes_suffix(self) -> bool:
-        """Whether ``run_suffix`` may stand in for the plain forward in sweeps: blocks that look
-        GPT-2-style (pre-LN, learned absolute positions, sequential attention then MLP), and, proven
-        on this model once, resuming a probe prompt at every layer reproduces its final stream and
-        its logits. Any other model takes the plain path."""
-        if self._suffix_checked is None:  # computed on one device: a split model takes the plain path
-            self._suffix_checked = len(self.devices) == 1 and self._looks_gpt2_style() and self._suffix_reproduces_forward()
+        """Whether ``run_suffix`` may stand in for the plain forward in sweeps: proven on this model
+        once, on two different prompts as two copies, that resuming at every layer from several
+        positions, with a head and a residual patch on one copy, reproduces the plain forward's
+        final stream, and ``unembed`` its logits. Two ways are tried: GPT-2-style blocks
+        (``_suffix_block``, written out here), then any blocks handed a key/value cache
+        (``prefix.py``: the model's own blocks on the suffix, the prefix's keys and values from a
+        stand-in cache). A model neither reproduces takes the resume or plain path."""
+        if self._suffix_checked is None:  # computed on one device: a split model takes another path
+            self._suffix_checked = len(self.devices) == 1 and self._choose_suffix()
         return self._suffix_checked
+
+    def _choose_suffix(self) -> bool:
+        ways = [("cache", per_key, every_name) for every_name in (False, True) for per_key in (False, True)]
+        ways = ([("gpt2", False, False)] if self._looks_gpt2_style() else []) + ways
+        shared: dict = {}  # the probe's plain forwards and captures, the same for every way
+        for way in ways:
+            self._suffix_way = way
+            try:
+                if self._suffix_reproduces_forward(shared):
+                    return True
+            except Exception:  # noqa: BLE001 - a model this way does not understand tries the next
+                pass
+        self._suffix_way = None
+        return False
+
+    def suffix_inputs(self, tokens: torch.Tensor):
+        """What ``run_suffix`` needs besides the streams for base prompts ``tokens``: nothing (``()``)
+        for GPT-2-style blocks, the blocks' inputs cut at the prefix (``PrefixInputs``) for the cache
+        way, None where those are not understood (the sweep then resumes whole layers)."""
+        if self._suffix_way is None or self._suffix_way[0] == "gpt2":
+            return ()
+        return capture_prefix_inputs(list(self.model.blocks), lambda t: self.model(t), tokens.to(self.device))
 
     def _looks_gpt2_style(self) -> bool:
         cfg = self.model.cfg
@@ -438,14 +466,30 @@ class TransformerLensBackend:
             and callable(getattr(mlp, "act_fn", None))
         )
 
-    def _suffix_reproduces_forward(self) -> bool:
-        tokens = self._probe_tokens()
+    def _suffix_reproduces_forward(self, shared: Optional[dict] = None) -> bool:
+        """The probe of the way being tried; ``shared`` keeps what does not depend on the way."""
+        shared = {} if shared is None else shared
+        one = self._probe_tokens()
+        tokens = torch.cat([one, (one * 3 + 1) % self.shape.d_vocab])  # two different prompts
         n = self.shape.n_layers
-        sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
-        logits, acts = self.run(tokens, capture=sites)
-        final = acts[Site("resid_final")]
-        if not _close(self.unembed(final), logits):
+        if "acts" not in shared:
+            sites = [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_final")]
+            logits, shared["acts"] = self.run(tokens, capture=sites)
+            shared["unembeds"] = _close(self.unembed(shared["acts"][Site("resid_final")]), logits)
+        if not shared["unembeds"]:
             return False
+        kind = self._suffix_way[0]
+        if kind not in shared:
+            shared[kind] = self.suffix_inputs(tokens)
+        if shared[kind] is None:
+            return False
+        if kind == "gpt2":
+            return self._gpt2_suffix_reproduces_forward(tokens, shared["acts"])
+        return self._cached_suffix_reproduces_forward(tokens, shared["acts"], shared[kind], shared)
+
+    def _gpt2_suffix_reproduces_forward(self, tokens: torch.Tensor, acts) -> bool:
+        """The written-out blocks resumed from position 2 at every layer give the final stream."""
+        n, final = self.shape.n_layers, acts[Site("resid_final")]
         start = min(2, tokens.shape[1] - 1)
         for layer in range(n):
             prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
@@ -454,6 +498,52 @@ class TransformerLensBackend:
                 return False
         return True
 
+    def _cached_suffix_reproduces_forward(self, tokens: torch.Tensor, acts, inputs: PrefixInputs, shared: dict) -> bool:
+        """The model's own blocks with a cache of the prefix, from positions 0, 2 and the last, as a
+        changed copy and an unchanged one: from layer 0 with head 0 zeroed at every layer (every
+        block's suffix call, every head hook), and from the middle and the last layer with the
+        stream entering it scaled and head 0 zeroed there. Each against one plain forward of the
+        prompts in as many copies as there are starts, plus one unchanged."""
+        n, p, rows = self.shape.n_layers, tokens.shape[1], tokens.shape[0]
+        starts = sorted({0, min(2, p - 1), p - 1})
+        unchanged = slice(len(starts) * rows, None)  # the last copy
+        head = lambda z: torch.cat([_zero_head(z[:rows]), z[rows:]])  # noqa: E731
+        for layer, every in ((0, True), (n // 2, False), (n - 1, False)):
+            at = range(n) if every else [layer]
+            if (layer, every) not in shared:
+                patches = self._suffix_probe_patches(at, layer, rows, starts)
+                shared[(layer, every)] = self.run(tokens.repeat(len(starts) + 1, 1), patches=patches, capture=[Site("resid_final")])[1]
+            plain = shared[(layer, every)][Site("resid_final")]
+            for i, start in enumerate(starts):
+                expected = torch.cat([plain[i * rows : (i + 1) * rows, start:], plain[unchanged, start:]])
+                prefix = [acts[Site("resid_pre", j)][:, :start] for j in range(layer, n)]
+                suffix = acts[Site("resid_pre", layer)].repeat(2, 1, 1)[:, start:].clone()
+                suffix[:rows] = suffix[:rows] * 0.9
+                heads = {Site("head", j): head for j in at}
+                resumed = self._run_suffix_cached(layer, prefix, suffix, None, inputs, heads)
+                if not _close(resumed, expected):
+                    return False
+        return True
+
+    def _suffix_probe_patches(self, heads, layer: int, rows: int, starts) -> Dict[Site, Patch]:
+        """The plain-forward twin of the suffix probe's changes: in copy ``i`` (of ``rows`` rows),
+        from position ``starts[i]`` on, the stream entering ``layer`` scaled by 0.9 and head 0's
+        output zeroed at the layers ``heads``; the last copy unchanged."""
+
+        def stream(act):
+            act = act.clone()
+            for i, start in enumerate(starts):
+                act[i * rows : (i + 1) * rows, start:] = act[i * rows : (i + 1) * rows, start:] * 0.9
+            return act
+
+        def head(z):
+            z = z.clone()
+            for i, start in enumerate(starts):
+                z[i * rows : (i + 1) * rows, start:] = _zero_head(z[i * rows : (i + 1) * rows, start:])
+            return z
+
+        return {Site("resid_pre", layer): stream, **{Site("head", j): head for j in heads}}
+
     def run_suffix(
         self,
         layer: int,
@@ -461,6 +551,8 @@ class TransformerLensBackend:
         suffix: torch.Tensor,
         patch_z: Optional[Patch] = None,
         read: Optional[torch.Tensor] = None,
+        inputs=None,
+        patches: Optional[Mapping[Site, Patch]] = None,
     ) -> torch.Tensor:
         """The final residual stream at the suffix positions of a forward resumed at ``layer``.
 
@@ -469,8 +561,13 @@ class TransformerLensBackend:
         run's stream entering layer ``layer + j`` at the prefix positions (its keys and values are
         read from it), ``suffix`` ([k*b, s, d]) the patched stream at the later positions.
         ``patch_z`` may replace the suffix's per-head outputs at ``layer`` ([k*b, s, head, d_head]).
-        With ``read`` ([k*b] suffix positions), the last block computes only those rows: [k*b, d].
+        With ``read`` ([k*b] suffix positions), only those rows are returned: [k*b, d].
+        ``inputs``: ``suffix_inputs`` of the base prompts. ``patches`` (at their own hooks, on the
+        suffix positions) only where ``suffix_takes_patches``.
         """
+        if self.suffix_takes_patches:
+            x = self._run_suffix_cached(layer, prefix, suffix, patch_z, inputs, patches or {})
+            return x if read is None else x[torch.arange(len(read), device=x.device), read.to(x.device)]
         blocks = self.model.blocks[layer:]
         with torch.no_grad():
             x = suffix.to(self.device)
@@ -483,6 +580,42 @@ class TransformerLensBackend:
                 return x[:, 0]
             if read is not None:
                 return x[torch.arange(len(read), device=x.device), read.to(x.device)]
+        return x
+
+    @property
+    def suffix_takes_patches(self) -> bool:
+        """Whether ``run_suffix`` runs the model's own blocks, so patches at any hook apply (the cache way)."""
+        return self._suffix_way is not None and self._suffix_way[0] == "cache"
+
+    def _run_suffix_cached(self, layer: int, prefix: list, suffix: torch.Tensor, patch_z, inputs: PrefixInputs, patches) -> torch.Tensor:
+        """The model's own blocks on the suffix, each handed a cache holding the prefix's keys and
+        values (recorded from a call on the base run's prefix stream; see ``prefix.py``)."""
+        _, per_key, every_name = self._suffix_way
+        start = prefix[0].shape[1]
+        patches = dict(patches)
+        if patch_z is not None:
+            patches[Site("head", layer)] = patch_z
+        hooks = [(self.hook_name(site), lambda act, hook, patch=patch: patch(act)) for site, patch in patches.items()]
+        attentions = [self.model.blocks[index].attn for index in range(layer, self.shape.n_layers)] if every_name else []
+        with torch.no_grad(), cache_under_every_name(attentions):
+            caches = []
+            for index in range(layer, self.shape.n_layers):
+                if start == 0:
+                    caches.append(PrefixCache())  # nothing before: the block's own keys and values
+                else:
+                    block, stream = self.model.blocks[index], prefix[index - layer].to(self.device)
+                    caches.append(inputs.prefix_cache(block, index, stream, per_key))
+            x = suffix.to(self.device)
+            with self.model.hooks(fwd_hooks=hooks):
+                for index, cache in zip(range(layer, self.shape.n_layers), caches):
+                    args, kwargs = inputs.call(index, x, start, True, per_key, cache)
+                    out = self.model.blocks[index](*args, **kwargs)
+                    if cache.updates != 1:
+                        raise BackendError(
+                            f"{self.architecture}: block {index} used the key/value cache {cache.updates} times in a suffix run "
+                            "(once expected); sweeps on this model must take the resume path"
+                        )
+                    x = out[0] if isinstance(out, (tuple, list)) else out
         return x
 
     def _suffix_block(self, block, prefix: torch.Tensor, x: torch.Tensor, patch_z, read) -> torch.Tensor:
@@ -624,6 +757,13 @@ class TransformerLensBackend:
         with torch.enable_grad() if grad else torch.no_grad():
             logits = self.model.run_with_hooks(tokens.to(home), fwd_hooks=hooks)
         return logits.to(home), captured
+
+
+def _zero_head(z: torch.Tensor, head: int = 0) -> torch.Tensor:
+    """``z`` ([n, pos, head, d_head]) with one head's output zeroed."""
+    z = z.clone()
+    z[:, :, head] = 0
+    return z
 
 
 def _patched_on(home: torch.device, patch, act: torch.Tensor) -> torch.Tensor:
