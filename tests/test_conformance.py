@@ -302,8 +302,18 @@ def force_path(backend, path: str) -> None:
         backend._resume_checked = False
 
 
-def taken_path(sweeper) -> str:
-    return "suffix" if sweeper._fast else "resume" if sweeper._resumes else "plain"
+def taken_path(sweeper, over: str) -> str:
+    return sweeper.path(over)
+
+
+def expected_path(family: str, path: str, over: str) -> str:
+    """The path a sweep must take: the forced one, or the family's probed one, except that residual
+    sweeps resume where the suffix path is the cache way (every family but GPT-2: ``Sweeper._suffix_for``)."""
+    if path != "probed":
+        return path
+    if PROBED[family] == "suffix" and over == "resid" and family != "gpt2":
+        return "resume"
+    return PROBED[family]
 
 
 @pytest.mark.parametrize(
@@ -317,7 +327,7 @@ def test_sweeps(family, dtype, over, per_position, metric, path, mode):
     force_path(patcher.backend, path)
     try:
         sweeper = Sweeper(patcher, budget_bytes=2_000_000)
-        assert taken_path(sweeper) == (PROBED[family] if path == "probed" else path)
+        assert taken_path(sweeper, over) == expected_path(family, path, over)
         result = sweeper.sweep(over, mode, metric=metric, per_position=per_position)
     finally:  # the backend may be shared with later tests: let its probes decide again
         patcher.backend._suffix_checked = patcher.backend._resume_checked = None
