@@ -1,141 +1,45 @@
-"""The Hugging Face backends (``hf``: hooks; ``nnsight``: tracing) against the independent reference.
+"""What the Hugging Face backends (``hf``: hooks; ``nnsight``: tracing) add to the conformance suite.
 
-Same reference, prompts and tolerances as ``test_conformance.py`` (which runs the TransformerLens
-bridge); here the engine is handed the plain Hugging Face model (``hf``) or an ``NNsight`` wrapper
-of it (``nnsight``). A backend is one row of ``BACKENDS``; one that is not installed is skipped.
-A representative subset runs per family (node denoise/noise, circuit-only, head and MLP sweeps,
-node attribution; edges: single edges of every receiver kind, edge circuits, the full graph, edge
-attribution) to keep the suite fast. Edge numbers are also compared with the TransformerLens
-bridge on the same weights wherever the bridge patches edges; Gemma-2's edges are refused.
+Every operation on every backend is checked against the independent reference in
+``test_conformance.py`` (one row per backend: ``backend_rows.py``). Here: what only these backends
+have (the nnsight remote flag, one trace per run, the probe that refuses a wrong receiver map) and
+the same claims on the TransformerLens bridge of the same weights: single edges of every receiver
+kind (a positional sender too), the full graph, and edge attribution (plain, EAP-IG along inputs
+and along activations) must give the bridge's numbers wherever the bridge patches edges.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 
-import hf_reference as ref
 import pytest
 import test_conformance as conformance
 import torch
-from families import build_hf, random_prompts
-from test_conformance import CIRCUIT_ONLY, LENGTHS, NODE_CIRCUITS, Reference, close, complement, engine_edges, selected
-from test_conformance import EDGES as EDGE_CIRCUITS
+from backend_rows import BRIDGE, ROWS
+from families import build_hf
+from test_conformance import close
 
-from pytest_circuits import BackendError, Patcher, PromptPairs, attribute
-from pytest_circuits.backends import backend_for
+from pytest_circuits import BackendError, Patcher, attribute
 from pytest_circuits.sweeps import Sweeper
 
-BACKENDS = {"hf": None, "nnsight": "nnsight"}  # backend -> the package it needs (None: none)
-ACCEPTED = ("gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gptj", "opt")
-REFUSED = ("bloom",)  # its attention and MLP modules add the residual inside themselves
-QUICK = ("gpt2", "neox", "llama", "gemma2")  # nnsight: the families of the issue, one per layout
-
-
-def backends():
-    for name, package in BACKENDS.items():
-        missing = package is not None and importlib.util.find_spec(package) is None
-        yield pytest.param(name, marks=pytest.mark.skipif(missing, reason=f"{package} is not installed (pip install 'pytest-circuits[{package}]')"))
+HF_ROWS = ("hf", "nnsight")
 
 
 def rows(families_by_backend):
-    return [
-        pytest.param(*p.values, family, id=f"{p.values[0]}-{family}", marks=p.marks)
-        for p in backends()
-        for family in families_by_backend[p.values[0]]
-    ]
+    """(backend, family) for each Hugging Face row's listed families, skipped where it is missing."""
+    return [ROWS[name].param(family, id=family) for name in HF_ROWS for family in families_by_backend[name]]
 
 
-FAMILIES = {"hf": ACCEPTED, "nnsight": QUICK}
-
-
-@functools.lru_cache(maxsize=None)
 def setup(backend: str, family: str, dtype: str = "float32"):
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    clean, corrupt, answers = random_prompts(len(LENGTHS), max(LENGTHS), lengths=LENGTHS)
-    pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
-    model = build_hf(family, torch_dtype)
-    if backend == "nnsight":
-        import nnsight
-
-        model = nnsight.NNsight(model)
-    hf = build_hf(family, torch_dtype)
-    runs = {"clean": clean, "corrupt": corrupt}
-    records = {run: [ref.record(hf, t) for t in prompts] for run, prompts in runs.items()}
-    return model, pairs, Reference(hf, runs, records, answers)
-
-
-@pytest.mark.parametrize("backend, family", rows(FAMILIES))
-def test_the_backend_is_the_one_asked_for(backend, family):
-    model, pairs, _ = setup(backend, family)
-    assert Patcher(model, pairs).backend.kind == backend
-
-
-@pytest.mark.parametrize("backend, family", rows(FAMILIES))
-@pytest.mark.parametrize("text, nodes", NODE_CIRCUITS, ids=[t for t, _ in NODE_CIRCUITS])
-def test_node_denoise_and_noise(backend, family, text, nodes):
-    model, pairs, reference = setup(backend, family)
-    patcher = Patcher(model, pairs)
-    for mode, base, source in (("denoise", "corrupt", "clean"), ("noise", "clean", "corrupt")):
-        expected = reference.node_run(base, source, lambda i, length: selected(nodes, length))
-        result = patcher.measure(mode, text)
-        assert close(result.patched, expected, "float32"), (mode, result.patched, expected)
-
-
-@pytest.mark.parametrize("backend, family", rows(FAMILIES))
-@pytest.mark.parametrize("text, nodes", CIRCUIT_ONLY[:2], ids=["heads-and-mlp", "neuron-splits-its-mlp"])
-def test_node_circuit_only(backend, family, text, nodes):
-    model, pairs, reference = setup(backend, family)
-    patcher = Patcher(model, pairs)
-    expected = reference.node_run("clean", "corrupt", lambda i, length: complement(nodes, length, patcher.shape.d_mlp))
-    assert close(patcher.circuit_only(text).patched, expected, "float32")
-
-
-@pytest.mark.parametrize("backend, family", rows(FAMILIES))
-@pytest.mark.parametrize("over, per_position", [("heads", False), ("mlps", True)], ids=["heads", "mlps-per-pos"])
-def test_sweeps(backend, family, over, per_position):
-    model, pairs, reference = setup(backend, family)
-    result = Sweeper(Patcher(model, pairs), budget_bytes=2_000_000).sweep(over, "denoise", per_position=per_position)
-    kind = {"heads": "head", "mlps": "mlp"}[over]
-    for coord in [(0, 1), (1, 3)]:
-        layer, index = coord
-        if over == "heads":
-            chooser = lambda i, length: {(kind, layer): [(index, None)]}  # noqa: E731
-        else:
-            chooser = lambda i, length: {(kind, layer): [(None, [index])]} if index < length else {}  # noqa: E731
-        expected = reference.node_run("corrupt", "clean", chooser)
-        assert close(float(result.patched[coord]), expected, "float32"), (coord, float(result.patched[coord]), expected)
-
-
-@pytest.mark.parametrize("backend, family", rows({"hf": ("gpt2", "llama", "gemma2"), "nnsight": ("gpt2", "llama")}))
-def test_node_attribution(backend, family):
-    from test_conformance import derivative
-
-    model, pairs, reference = setup(backend, family, "float64")
-    result = attribute(model, pairs, "heads", "denoise")
-    clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
-    for coord in [(1, 2), (0, 1)]:
-        key = ("head", coord[0])
-
-        def forward(i, t, coord=coord, key=key):
-            src, base = reference.records["clean"][i][key], reference.records["corrupt"][i][key]
-
-            def fn(value):
-                mixed = base[:, coord[1]] + t * (src[:, coord[1]] - base[:, coord[1]])
-                return torch.cat([value[:, : coord[1]], mixed[:, None], value[:, coord[1] + 1 :]], dim=1)
-
-            return ref.run(reference.hf, reference.runs["corrupt"][i], {key: fn})
-
-        expected = derivative(reference, "corrupt", forward) / (clean - corrupt)
-        assert close(float(result.scores[coord]), expected, "float64"), (coord, float(result.scores[coord]), expected)
+    """``test_conformance.setup`` of ``backend``'s model of ``family``."""
+    return conformance.setup(family, dtype, backend)
 
 
 # -- path patching (edges) --------------------------------------------------------------------------
 # every family whose probe proves per-receiver inputs; Gemma-2 refuses (a norm after attention mixes
 # the heads' writes). The TransformerLens bridge patches edges on conformance.EDGE_FAMILIES only:
 # there the same claim must give the same number on both backends.
-EDGE_FAMILIES = {"hf": ("gpt2", "neox", "gptj", "llama", "mistral", "qwen2", "gemma", "opt"), "nnsight": ("gpt2", "neox", "llama")}
-EDGES_REFUSED = ("gemma2",)
+EDGE_FAMILIES = {"hf": ROWS["hf"].edge_families, "nnsight": ("gpt2", "neox", "llama")}
 SINGLE_EDGES = ["L0H1 -> L1H1.q", "L0H3 -> L1H2.k", "embed -> L1H0.v", "MLP0 -> MLP1", "L0H2 -> L1N5", "L1H3 -> logits", "embed@2 -> L0H0.q"]
 
 
@@ -157,12 +61,11 @@ def on_the_bridge(family: str, kind: str, text: str, dtype: str = "float32"):
 
 
 def bridge_setup(family: str, dtype: str):
-    """``test_conformance.setup``: the TransformerLens model of the same weights, or (None, None,
-    None) where this TransformerLens has none for the family (2.x/3.x: see tl_compat)."""
-    try:
-        return conformance.setup(family, dtype)
-    except pytest.skip.Exception:
+    """``test_conformance.setup``: the TransformerLens bridge of the same weights, or (None, None,
+    None) where this TransformerLens has no bridge (2.x/3.x)."""
+    if ROWS[BRIDGE].available() is not None:
         return None, None, None
+    return conformance.setup(family, dtype, BRIDGE)
 
 
 def embed_at_position_2(family: str, receiver: str) -> float:
@@ -194,20 +97,6 @@ def test_single_edges_of_every_receiver_kind(backend, family, text):
 
 
 @pytest.mark.parametrize("backend, family", rows(EDGE_FAMILIES))
-@pytest.mark.parametrize("text", EDGE_CIRCUITS, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
-def test_edge_circuits(backend, family, text):
-    """Denoise, noise and circuit-only of multi-edge circuits (a layer sender, neuron receivers)."""
-    model, pairs, _ = setup(backend, family)
-    patcher = Patcher(model, pairs)
-    text = engine_edges(family, text)
-    for kind, value in expected_edges(family, text).items():
-        result = patcher.measure(kind, text)
-        assert close(result.patched, value, "float32"), (kind, result.patched, value)
-        bridge = on_the_bridge(family, kind, text)
-        assert bridge is None or close(result.patched, bridge, "float32"), (kind, result.patched, bridge)
-
-
-@pytest.mark.parametrize("backend, family", rows(EDGE_FAMILIES))
 def test_a_claim_over_the_full_graph(backend, family):
     """Every edge of the model's graph: denoising them all is the clean run, noising them all the
     corrupt run, and circuit-only of the whole graph changes nothing."""
@@ -227,7 +116,8 @@ def test_a_claim_over_the_full_graph(backend, family):
 @pytest.mark.parametrize("backend, family", rows({"hf": ("llama", "mistral", "qwen2", "gemma"), "nnsight": ("llama",)}))
 def test_an_edge_into_one_query_heads_key_changes_only_that_head(backend, family):
     """Grouped-query attention: L1H1.k shares its key weights with L1H0; an edge into L1H1.k
-    changes L1H1's key input alone (the reference computes each query head apart)."""
+    changes L1H1's key input alone, and edges into both keys of the group the pair's (the
+    reference computes each query head apart; test_conformance checks the single edge on every row)."""
     model, pairs, reference = setup(backend, family)
     patcher = Patcher(model, pairs)
     alone = reference.edge_run("corrupt", lambda i: lambda s, r: reference.writes("clean", i)[s] if (s, r) == ("L0H1", "L1H1.k") else None)
@@ -237,56 +127,21 @@ def test_an_edge_into_one_query_heads_key_changes_only_that_head(backend, family
     assert abs(group - alone) > 1e-3
 
 
-@pytest.mark.parametrize("backend, family", rows({"hf": ("gpt2", "neox", "llama", "gemma", "opt"), "nnsight": ("gpt2", "llama")}))
-def test_edge_attribution(backend, family):
-    """Every edge's attribution score: a sample against derivatives through the reference, and all
-    of them against the TransformerLens bridge's on the same weights."""
-    from test_conformance import derivative
-
-    model, pairs, reference = setup(backend, family, "float64")
-    scores = attribute(model, pairs, "edges", "denoise")
-    clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
-    chosen = [(str(e), s) for e, s in zip(scores.edges, scores.scores.tolist())][::23]
-    assert len(chosen) >= 5
-    for name, score in chosen:
-        sender, receiver = (part.strip() for part in name.split("->"))
-
-        def forward(i, t, sender=sender, receiver=receiver):
-            src, base = reference.writes("clean", i)[sender], reference.writes("corrupt", i)[sender]
-            return ref.edge_run(reference.hf, reference.runs["corrupt"][i], lambda s, r: base + t * (src - base) if (s, r) == (sender, receiver) else None)
-
-        expected = derivative(reference, "corrupt", forward) / (clean - corrupt)
-        assert close(score, expected, "float64"), (name, score, expected)
-    bridge, bridge_pairs, _ = bridge_setup(family, "float64") if family in conformance.EDGE_FAMILIES else (None, None, None)
-    if bridge is not None:
-        on_bridge = attribute(bridge, bridge_pairs, "edges", "denoise")
-        assert [str(e) for e in on_bridge.edges] == [str(e) for e in scores.edges]
-        assert torch.allclose(scores.scores, on_bridge.scores, atol=1e-6, rtol=1e-6)
-
-
 @pytest.mark.parametrize("backend, family", rows({"hf": ("gpt2", "neox", "llama"), "nnsight": ("llama",)}))
-@pytest.mark.parametrize("method", ["eap-ig", "eap-ig-activations"])
-def test_integrated_edge_attribution_equals_the_bridges(backend, family, method):
-    """EAP-IG along the inputs and along each component's activations: the same scores as the
-    TransformerLens bridge gives on the same weights (whose own are checked in test_conformance)."""
+@pytest.mark.parametrize("method", ["eap", "eap-ig", "eap-ig-activations"])
+def test_edge_attribution_equals_the_bridges(backend, family, method):
+    """Every edge's attribution score (plain, EAP-IG along the inputs and along each component's
+    activations): the same scores as the TransformerLens bridge gives on the same weights (each
+    backend's own are checked against the reference in test_conformance)."""
     bridge, bridge_pairs, _ = bridge_setup(family, "float64")
     if bridge is None:
-        pytest.skip(f"this TransformerLens has no model of {family} to compare with (see tl_compat)")
+        pytest.skip(f"this TransformerLens has no bridge of {family} to compare with")
     model, pairs, _ = setup(backend, family, "float64")
     scores = attribute(model, pairs, "edges", "denoise", method=method, steps=3)
     on_bridge = attribute(bridge, bridge_pairs, "edges", "denoise", method=method, steps=3)
     assert [str(e) for e in on_bridge.edges] == [str(e) for e in scores.edges]
     assert torch.allclose(scores.scores, on_bridge.scores, atol=1e-6, rtol=1e-6), (scores.scores - on_bridge.scores).abs().max()
     assert float(scores.scores.abs().max()) > 1e-3
-
-
-@pytest.mark.parametrize("backend, family", rows({"hf": ("neox", "gptj"), "nnsight": ("neox",)}))
-def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(backend, family):
-    from pytest_circuits import CircuitError
-
-    model, pairs, _ = setup(backend, family)
-    with pytest.raises(CircuitError, match="does not exist in this model: its blocks are parallel"):
-        Patcher(model, pairs).denoise("L1H2 -> MLP1")
 
 
 @pytest.mark.parametrize(
@@ -315,30 +170,6 @@ def test_the_probe_refuses_a_receiver_map_that_is_wrong(wrong, message):
         return
     with pytest.raises(BackendError, match=message):
         backend.check_edges()
-
-
-@pytest.mark.parametrize("backend", list(backends()))
-@pytest.mark.parametrize("family", EDGES_REFUSED)
-def test_edges_are_refused_where_heads_have_no_write_of_their_own(backend, family):
-    model, pairs, _ = setup(backend, family)
-    patcher = Patcher(model, pairs)
-    for call in (lambda: patcher.denoise("L0H1 -> L1H1.k"), lambda: attribute(model, pairs, "edges")):
-        with pytest.raises(
-            BackendError,
-            match=r"Gemma2ForCausalLM model .* cannot be path patched .*by the "
-            + backend
-            + r" backend: layer 0's attention write is not the sum of its heads' writes .*Node circuits, sweeps and node attribution work",
-        ):
-            call()
-    assert patcher.denoise("L0H1").n_prompts == len(LENGTHS)  # nodes still work
-
-
-@pytest.mark.parametrize("backend", list(backends()))
-@pytest.mark.parametrize("family", REFUSED)
-def test_models_whose_layers_do_not_decompose_are_refused(backend, family):
-    model = build_hf(family)
-    with pytest.raises(BackendError, match=rf"BloomForCausalLM model .* cannot be patched by the {backend} backend: layer 0's output is not"):
-        backend_for(model, backend)
 
 
 def test_the_remote_trace_differs_from_the_local_one_only_in_the_flag(monkeypatch):

@@ -1,14 +1,22 @@
-"""Every operation on every architecture family against an independent reference.
+"""Every operation on every backend and every architecture family against an independent reference.
 
-The engine runs on a TransformerLens bridge of a tiny random Hugging Face model of each family
-(padded batches of prompts of different lengths); the reference (``hf_reference.py``) runs a
-second copy of the same weights prompt by prompt, unpadded, through the Hugging Face modules (or a
-forward written from the weights, for edges), and shares no code with the engine or
+The engine runs, for each installed backend (one row of ``backend_rows.py``: the TransformerLens
+bridge, the plain Hugging Face model (``hf``), an ``NNsight`` wrapper of it (``nnsight``); a
+backend that is not installed is skipped with the reason), on a tiny random Hugging Face model of
+each family (padded batches of prompts of different lengths); the reference (``hf_reference.py``)
+runs a second copy of the same weights prompt by prompt, unpadded, through the Hugging Face
+modules (or a forward written from the weights, for edges), and shares no code with the engine or
 TransformerLens. Circuits are given to the engine as text and to the reference as plain tuples
 written here, so not even the circuit parser is shared.
 
 Every number must agree to 1e-4 (float32) or the engine must refuse with a ``BackendError`` that
-names the architecture; the test of refusals pins down exactly which families refuse what.
+names the architecture; the tests of refusals pin down, backend by backend, exactly which families
+refuse what (the row's ``families``, ``edge_families`` and ``refused``).
+
+Suite time: the bridge row runs every test in float32 and float64; the ``hf`` and ``nnsight`` rows
+run the node, sweep and edge tests in float32 only (``Row.dtypes``; attribution is float64 on
+every row). The sweep paths (``force_path``, ``taken_path``, ``PROBED``: suffix, resume) are the
+TransformerLens backend's: the other rows take the plain path, and their sweeps check that.
 """
 
 from __future__ import annotations
@@ -18,36 +26,45 @@ import functools
 import hf_reference as ref
 import pytest
 import torch
+from backend_rows import BRIDGE, ROWS
 from families import FAMILIES, GQA_FAMILIES, PARALLEL_FAMILIES, build_hf, random_prompts
 
 from pytest_circuits import BackendError, CircuitError, Patcher, PromptPairs, attribute, pareto
-from pytest_circuits.loading import bridge_from_hf
+from pytest_circuits.backends import backend_for
 from pytest_circuits.minimality import minimality
 from pytest_circuits.sweeps import Sweeper
 
 LENGTHS = [8, 6, 7, 5]  # a padded batch: prompts of different lengths
 N_LAYERS, N_HEADS = 2, 4
 # the families whose bridges give each receiver its own input; the others must refuse edges
-EDGE_FAMILIES = ("gpt2", "neox", "llama", "mistral", "qwen2", "gemma")
+EDGE_FAMILIES = ROWS[BRIDGE].edge_families
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TOL = {"float32": 1e-4, "float64": 1e-6}  # float64: rotary tables are float32 in some HF models
 
 
 @functools.lru_cache(maxsize=None)  # tiny models: keep every family, tests visit them in turn
-def setup(family: str, dtype: str):
-    """The engine's model and prompt pairs, and the reference's copy of the same weights with the
-    clean and corrupt runs recorded prompt by prompt."""
+def setup(family: str, dtype: str, backend: str = BRIDGE):
+    """The engine's model (``backend``'s, of a fresh copy of the family's weights) and prompt
+    pairs, and the reference's copy of the same weights with the clean and corrupt runs recorded
+    prompt by prompt."""
+    pairs, reference = reference_for(family, dtype)
+    if family == "native":
+        model = native_attention_only(DTYPES[dtype])[0]
+    else:  # its own copy: the bridge rewires the modules it is given, the others hook them
+        model = ROWS[backend].make(build_hf(family, DTYPES[dtype]), family, DTYPES[dtype])
+    return model, pairs, reference
+
+
+@functools.lru_cache(maxsize=None)
+def reference_for(family: str, dtype: str):
+    """The prompt pairs and the reference (shared by every backend's model of the family)."""
     torch_dtype = DTYPES[dtype]
     clean, corrupt, answers = random_prompts(len(LENGTHS), max(LENGTHS), lengths=LENGTHS)
     pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
-    if family == "native":
-        model, hf = native_attention_only(torch_dtype)
-    else:
-        model = bridge_from_hf(build_hf(family, torch_dtype), model_name=family)
-        hf = build_hf(family, torch_dtype)  # the bridge rewires its own copy's modules
+    hf = native_attention_only(torch_dtype)[1] if family == "native" else build_hf(family, torch_dtype)
     runs = {"clean": clean, "corrupt": corrupt}
     records = {run: [ref.record(hf, t) for t in prompts] for run, prompts in runs.items()}
-    return model, pairs, Reference(hf, runs, records, answers)
+    return pairs, Reference(hf, runs, records, answers)
 
 
 def native_attention_only(dtype):
@@ -77,25 +94,47 @@ ATTENTION_ONLY = ("native",)
 ALL_FAMILIES = FAMILIES + ATTENTION_ONLY
 
 
-def grid(items, ids, needs_mlp):
-    """(family, dtype, *item) for every family and dtype; attention-only families get only the
-    items that ``needs_mlp(item)`` says need no MLP."""
+def grid(items, ids, needs_mlp, backend: str = BRIDGE):
+    """(family, dtype, *item) for every family and dtype of ``backend``'s row; attention-only
+    families get only the items that ``needs_mlp(item)`` says need no MLP."""
+    row = ROWS[backend]
     return [
         pytest.param(family, dtype, *item, id=f"{item_id}-{family}-{dtype}")
-        for family in ALL_FAMILIES
-        for dtype in DTYPES
+        for family in row.families
+        for dtype in row.dtypes
         for item, item_id in zip(items, ids)
         if family not in ATTENTION_ONLY or not needs_mlp(item)
     ]
 
 
-def cases(edges_only: bool = False, mlps: bool = True):
+def cases(edges_only: bool = False, mlps: bool = True, backend: str = BRIDGE):
+    row = ROWS[backend]
     return [
-        pytest.param(family, dtype, id=f"{family}-{dtype}")
-        for family in (FAMILIES if mlps else ALL_FAMILIES)
-        for dtype in DTYPES
-        if not edges_only or family in EDGE_FAMILIES
+        pytest.param(family, dtype, id=f"{family}-{dtype}", marks=row.marks())
+        for family in row.families
+        for dtype in row.dtypes
+        if (not edges_only or family in row.edge_families) and (not mlps or family in FAMILIES)
     ]
+
+
+def on_rows(params_for):
+    """``params_for(backend)``'s parameters with the backend's name put first, for every row (a
+    row whose backend is not installed is skipped with the reason)."""
+    return [ROWS[backend].param(*p.values, id=p.id, marks=p.marks) for backend in ROWS for p in params_for(backend)]
+
+
+def families_of(backend: str, among=None, edges: bool = False):
+    """(backend, family) for the row's families (or its edge families), restricted to ``among``."""
+    row = ROWS[backend]
+    return [
+        row.param(family, id=family)
+        for family in (row.edge_families if edges else row.families)
+        if among is None or family in among
+    ]
+
+
+def each_row(among=None, edges: bool = False):
+    return [p for backend in ROWS for p in families_of(backend, among, edges)]
 
 
 class Reference:
@@ -217,9 +256,11 @@ def uses_mlp(item) -> bool:
     return any(node[0] in ("mlp", "neuron") for node in item[1])
 
 
-@pytest.mark.parametrize("family, dtype, text, nodes", grid(NODE_CIRCUITS, [t for t, _ in NODE_CIRCUITS], uses_mlp))
-def test_node_denoise_and_noise(family, dtype, text, nodes):
-    model, pairs, reference = setup(family, dtype)
+@pytest.mark.parametrize(
+    "backend, family, dtype, text, nodes", on_rows(lambda backend: grid(NODE_CIRCUITS, [t for t, _ in NODE_CIRCUITS], uses_mlp, backend))
+)
+def test_node_denoise_and_noise(backend, family, dtype, text, nodes):
+    model, pairs, reference = setup(family, dtype, backend)
     patcher = Patcher(model, pairs)
     for mode, base, source in (("denoise", "corrupt", "clean"), ("noise", "clean", "corrupt")):
         expected = reference.node_run(base, source, lambda i, length: selected(nodes, length))
@@ -237,11 +278,12 @@ CIRCUIT_ONLY = [
 
 
 @pytest.mark.parametrize(
-    "family, dtype, text, nodes", grid(CIRCUIT_ONLY, ["heads-and-mlp", "neuron-splits-its-mlp", "heads", "empty"], uses_mlp)
+    "backend, family, dtype, text, nodes",
+    on_rows(lambda backend: grid(CIRCUIT_ONLY, ["heads-and-mlp", "neuron-splits-its-mlp", "heads", "empty"], uses_mlp, backend)),
 )
 @pytest.mark.parametrize("metric", ["logit_diff", "kl"])
-def test_node_circuit_only(family, dtype, text, nodes, metric):
-    model, pairs, reference = setup(family, dtype)
+def test_node_circuit_only(backend, family, dtype, text, nodes, metric):
+    model, pairs, reference = setup(family, dtype, backend)
     patcher = Patcher(model, pairs)
     d_mlp = patcher.shape.d_mlp
     expected = reference.node_run("clean", "corrupt", lambda i, length: complement(nodes, length, d_mlp), metric)
@@ -249,10 +291,24 @@ def test_node_circuit_only(family, dtype, text, nodes, metric):
     assert close(result.patched, expected, dtype), (result.patched, expected)
 
 
-@pytest.mark.parametrize("family, dtype", cases())
-def test_the_mlp_width_is_the_models_own(family, dtype):
-    model, _, reference = setup(family, dtype)
-    assert Patcher(model, setup(family, dtype)[1]).shape.d_mlp == reference.records["clean"][0][("neuron", 0)].shape[-1]
+@pytest.mark.parametrize("backend, family, dtype", on_rows(lambda backend: cases(backend=backend)))
+def test_the_mlp_width_is_the_models_own(backend, family, dtype):
+    model, pairs, reference = setup(family, dtype, backend)
+    assert Patcher(model, pairs).shape.d_mlp == reference.records["clean"][0][("neuron", 0)].shape[-1]
+
+
+@pytest.mark.parametrize("backend, family", each_row())
+def test_the_backend_is_the_one_asked_for(backend, family):
+    model, pairs, _ = setup(family, "float32", backend)
+    assert type(Patcher(model, pairs).backend).__name__ == ROWS[backend].backend_class
+
+
+@pytest.mark.parametrize("backend, family", [row.param(family, id=family) for row in ROWS.values() for family in row.refused])
+def test_models_whose_layers_do_not_decompose_are_refused(backend, family):
+    hf = build_hf(family)
+    model = ROWS[backend].make(hf, family, torch.float32)
+    with pytest.raises(BackendError, match=rf"{type(hf).__name__} model .* cannot be patched by the {backend} backend: layer 0's output is not"):
+        backend_for(model, backend)
 
 
 # -- sweeps: every over=, both modes, every metric -------------------------------------------------
@@ -316,13 +372,19 @@ def expected_path(family: str, path: str, over: str) -> str:
     return PROBED[family]
 
 
-@pytest.mark.parametrize(
-    "family, dtype, over, per_position, metric, path",
-    with_paths(grid(SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS], lambda item: item[0] in ("mlps", "neurons"))),
-)
+def sweep_params(backend: str):
+    """The sweeps of ``backend``'s row: on the TransformerLens row every path (``with_paths``), on
+    the others the plain path, the only one they have."""
+    params = grid(SWEEPS, [f"{o}{'-per-pos' if p else ''}-{m}" for o, p, m in SWEEPS], lambda item: item[0] in ("mlps", "neurons"), backend)
+    if backend == BRIDGE:
+        return with_paths(params)
+    return [pytest.param(*p.values, "plain", id=f"{p.id}-plain") for p in params]
+
+
+@pytest.mark.parametrize("backend, family, dtype, over, per_position, metric, path", on_rows(sweep_params))
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
-def test_sweeps(family, dtype, over, per_position, metric, path, mode):
-    model, pairs, reference = setup(family, dtype)
+def test_sweeps(backend, family, dtype, over, per_position, metric, path, mode):
+    model, pairs, reference = setup(family, dtype, backend)
     patcher = Patcher(model, pairs)
     force_path(patcher.backend, path)
     try:
@@ -419,10 +481,10 @@ def edge_expectations(reference, text: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
+@pytest.mark.parametrize("backend, family, dtype", on_rows(lambda backend: cases(edges_only=True, backend=backend)))
 @pytest.mark.parametrize("text", EDGES, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
-def test_edge_circuits(family, dtype, text):
-    model, pairs, reference = setup(family, dtype)
+def test_edge_circuits(backend, family, dtype, text):
+    model, pairs, reference = setup(family, dtype, backend)
     patcher = Patcher(model, pairs)
     text = engine_edges(family, text)
     for kind, value in edge_expectations(reference, text).items():
@@ -431,11 +493,11 @@ def test_edge_circuits(family, dtype, text):
     assert patcher.shape.d_mlp  # every family here has MLPs
 
 
-@pytest.mark.parametrize("family, dtype", cases(edges_only=True))
-def test_an_edge_into_one_query_heads_key_changes_only_that_head(family, dtype):
+@pytest.mark.parametrize("backend, family, dtype", on_rows(lambda backend: cases(edges_only=True, backend=backend)))
+def test_an_edge_into_one_query_heads_key_changes_only_that_head(backend, family, dtype):
     """With grouped-query attention, L1H1.k shares its key weights with other query heads; an edge
     into L1H1.k changes L1H1's key input alone (the reference computes each query head apart)."""
-    model, pairs, reference = setup(family, dtype)
+    model, pairs, reference = setup(family, dtype, backend)
     patcher = Patcher(model, pairs)
 
     def for_prompt(i):
@@ -449,12 +511,10 @@ def test_an_edge_into_one_query_heads_key_changes_only_that_head(family, dtype):
         assert abs(group - expected) > 10 * TOL[dtype]
 
 
-@pytest.mark.parametrize("family", PARALLEL_FAMILIES)
-def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(family):
-    model, pairs, _ = setup(family, "float32")
+@pytest.mark.parametrize("backend, family", each_row(among=PARALLEL_FAMILIES, edges=True))  # the others refuse every edge
+def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(backend, family):
+    model, pairs, _ = setup(family, "float32", backend)
     patcher = Patcher(model, pairs)
-    if family not in EDGE_FAMILIES:
-        pytest.skip(f"{family} refuses every edge (see test_edge_refusals)")
     with pytest.raises(CircuitError, match="does not exist in this model: its blocks are parallel"):
         patcher.denoise(PARALLEL_MISSING)
     from pytest_circuits.edges import edge_graph
@@ -462,13 +522,16 @@ def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(family):
     assert not any(e.sender.kind == "head" and e.receiver.kind == "mlp" and e.sender.layer == e.receiver.layer for e in edge_graph(patcher.shape))
 
 
-@pytest.mark.parametrize("family", [f for f in ALL_FAMILIES if f not in EDGE_FAMILIES])
-def test_edge_refusals_name_the_architecture_and_what_works(family):
-    model, pairs, _ = setup(family, "float32")
+@pytest.mark.parametrize(
+    "backend, family", [row.param(f, id=f) for row in ROWS.values() for f in row.families if f not in row.edge_families]
+)
+def test_edge_refusals_name_the_architecture_and_what_works(backend, family):
+    model, pairs, _ = setup(family, "float32", backend)
     patcher = Patcher(model, pairs)
     architecture = patcher.backend.architecture
+    why = ROWS[backend].edge_refusal
     for call in (lambda: patcher.denoise("L0H1 -> L1H1.k"), lambda: attribute(model, pairs, "edges")):
-        with pytest.raises(BackendError, match=rf"{architecture} model .* cannot be path patched .*Node circuits, sweeps and node attribution work"):
+        with pytest.raises(BackendError, match=rf"{architecture} model .* cannot be path patched .*{why}.*Node circuits, sweeps and node attribution work"):
             call()
     assert patcher.denoise("L0H1").n_prompts == len(LENGTHS)  # nodes still work
 
@@ -490,10 +553,11 @@ def derivative(reference, base: str, forward) -> float:
 
 
 @pytest.mark.parametrize(
-    "family, over", [(f, o) for f in ALL_FAMILIES for o in ("heads", "mlps", "neurons") if f not in ATTENTION_ONLY or o == "heads"]
+    "backend, family, over",
+    [row.param(f, o, id=f"{f}-{o}") for row in ROWS.values() for f in row.families for o in ("heads", "mlps", "neurons") if f not in ATTENTION_ONLY or o == "heads"],
 )
-def test_node_attribution(family, over):
-    model, pairs, reference = setup(family, "float64")
+def test_node_attribution(backend, family, over):
+    model, pairs, reference = setup(family, "float64", backend)
     result = attribute(model, pairs, over, "denoise")
     clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
     kind = {"heads": "head", "mlps": "mlp", "neurons": "neuron"}[over]
@@ -516,9 +580,9 @@ def test_node_attribution(family, over):
         assert close(float(result.scores[coord]), expected, "float64"), (coord, float(result.scores[coord]), expected)
 
 
-@pytest.mark.parametrize("family", EDGE_FAMILIES)
-def test_edge_attribution(family):
-    model, pairs, reference = setup(family, "float64")
+@pytest.mark.parametrize("backend, family", each_row(edges=True))
+def test_edge_attribution(backend, family):
+    model, pairs, reference = setup(family, "float64", backend)
     scores = attribute(model, pairs, "edges", "denoise")
     clean, corrupt = reference.baseline("clean"), reference.baseline("corrupt")
     chosen = [(str(e), s) for e, s in zip(scores.edges, scores.scores.tolist())][::23]
@@ -535,9 +599,9 @@ def test_edge_attribution(family):
 
 
 # -- what is built on the measurements: minimality and pareto --------------------------------------
-@pytest.mark.parametrize("family", FAMILIES)
-def test_minimality_and_pareto(family):
-    model, pairs, reference = setup(family, "float32")
+@pytest.mark.parametrize("backend, family", each_row(among=FAMILIES))
+def test_minimality_and_pareto(backend, family):
+    model, pairs, reference = setup(family, "float32", backend)
     patcher = Patcher(model, pairs)
     nodes = {"L0H1": ("head", 0, 1, None), "L1H2": ("head", 1, 2, None), "MLP0": ("mlp", 0, None, None)}
     d_mlp = patcher.shape.d_mlp
@@ -554,11 +618,11 @@ def test_minimality_and_pareto(family):
         assert close(recovered, circuit_only(list(nodes)[:size]), "float32"), size
 
 
-@pytest.mark.parametrize("family", EDGE_FAMILIES)
-def test_eap_ig_on_every_family_that_has_edges(family):
+@pytest.mark.parametrize("backend, family", each_row(edges=True))
+def test_eap_ig_on_every_family_that_has_edges(backend, family):
     """EAP-IG is plain attribution at one step, and its input edges add up to the whole effect as
     the steps grow (integrated gradients along the input path), on every family with edges."""
-    model, pairs, _ = setup(family, "float64")
+    model, pairs, _ = setup(family, "float64", backend)
     plain = attribute(model, pairs, "heads")
     assert torch.allclose(attribute(model, pairs, "heads", method="eap-ig", steps=1).scores, plain.scores, atol=1e-12)
     totals = []
@@ -568,12 +632,12 @@ def test_eap_ig_on_every_family_that_has_edges(family):
     assert abs(totals[1] - 1) < abs(totals[0] - 1) and totals[1] == pytest.approx(1.0, abs=0.05), totals
 
 
-@pytest.mark.parametrize("family", EDGE_FAMILIES)
-def test_activation_path_eap_ig_on_every_family_that_has_edges(family):
+@pytest.mark.parametrize("backend, family", each_row(edges=True))
+def test_activation_path_eap_ig_on_every_family_that_has_edges(backend, family):
     """EAP-IG along each component's own activation path: one step is plain attribution (edges and
     nodes), and an MLP's score tends to the exact effect of patching it as the steps grow (it is
     integrated gradients of that MLP's output, everything after it recomputed)."""
-    model, pairs, _ = setup(family, "float64")
+    model, pairs, _ = setup(family, "float64", backend)
     patcher = Patcher(model, pairs)
     plain = attribute(model, pairs, "edges")
     one = attribute(model, pairs, "edges", method="eap-ig-activations", steps=1)

@@ -38,8 +38,9 @@ FLOAT64_TOL_THERE = 1e-5
 
 
 @functools.lru_cache(maxsize=None)
-def hooked_setup(family: str, dtype: str):
-    """As ``test_conformance.setup``, with a ``HookedTransformer`` as the engine's model."""
+def hooked_setup(family: str, dtype: str, backend: str = conf.BRIDGE):
+    """As ``test_conformance.setup``, with a ``HookedTransformer`` as the engine's model (the
+    TransformerLens backend; the conformance bodies are called with its row's name)."""
     torch_dtype = DTYPES[dtype]
     clean, corrupt, answers = random_prompts(len(conf.LENGTHS), max(conf.LENGTHS), lengths=conf.LENGTHS)
     pairs = PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
@@ -94,7 +95,7 @@ def test_the_backend_is_the_transformer_lens_one_and_names_the_architecture():
 
 @pytest.mark.parametrize("family, dtype, text, nodes", families_grid(conf.NODE_CIRCUITS, [t for t, _ in conf.NODE_CIRCUITS]))
 def test_node_denoise_and_noise(hooked, family, dtype, text, nodes):
-    hooked.test_node_denoise_and_noise(family, dtype, text, nodes)
+    hooked.test_node_denoise_and_noise(conf.BRIDGE, family, dtype, text, nodes)
 
 
 @pytest.mark.parametrize(
@@ -102,12 +103,12 @@ def test_node_denoise_and_noise(hooked, family, dtype, text, nodes):
 )
 @pytest.mark.parametrize("metric", ["logit_diff", "kl"])
 def test_node_circuit_only(hooked, family, dtype, text, nodes, metric):
-    hooked.test_node_circuit_only(family, dtype, text, nodes, metric)
+    hooked.test_node_circuit_only(conf.BRIDGE, family, dtype, text, nodes, metric)
 
 
 @pytest.mark.parametrize("family, dtype", cases())
 def test_the_mlp_width_is_the_models_own(hooked, family, dtype):
-    hooked.test_the_mlp_width_is_the_models_own(family, dtype)
+    hooked.test_the_mlp_width_is_the_models_own(conf.BRIDGE, family, dtype)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_the_mlp_width_is_the_models_own(hooked, family, dtype):
 )
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
 def test_sweeps(hooked, family, dtype, over, per_position, metric, path, mode):
-    hooked.test_sweeps(family, dtype, over, per_position, metric, path, mode)
+    hooked.test_sweeps(conf.BRIDGE, family, dtype, over, per_position, metric, path, mode)
 
 
 @pytest.mark.parametrize("family, dtype", cases())
@@ -141,12 +142,12 @@ def test_the_fast_path_is_refused_when_its_probe_disagrees(monkeypatch):
 @pytest.mark.parametrize("family, dtype", cases())
 @pytest.mark.parametrize("text", conf.EDGES, ids=["heads-qkv-logits", "mlp-receivers", "neuron-receivers"])
 def test_edge_circuits(hooked, family, dtype, text):
-    hooked.test_edge_circuits(family, dtype, text)
+    hooked.test_edge_circuits(conf.BRIDGE, family, dtype, text)
 
 
 @pytest.mark.parametrize("family, dtype", cases())
 def test_an_edge_into_one_query_heads_key_changes_only_that_head(hooked, family, dtype):
-    hooked.test_an_edge_into_one_query_heads_key_changes_only_that_head(family, dtype)
+    hooked.test_an_edge_into_one_query_heads_key_changes_only_that_head(conf.BRIDGE, family, dtype)
 
 
 def test_grouped_query_attention_is_ungrouped_only_while_path_patching():
@@ -159,27 +160,27 @@ def test_grouped_query_attention_is_ungrouped_only_while_path_patching():
 
 @pytest.mark.parametrize("family", [f for f in PARALLEL_FAMILIES if f in HOOKED_FAMILIES])
 def test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(hooked, family):
-    hooked.test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(family)
+    hooked.test_edges_that_parallel_blocks_do_not_have_are_refused_when_named(conf.BRIDGE, family)
 
 
 @pytest.mark.parametrize("family, over", [(f, o) for f in HOOKED_FAMILIES for o in ("heads", "mlps", "neurons")])
 def test_node_attribution(hooked, family, over):
-    hooked.test_node_attribution(family, over)
+    hooked.test_node_attribution(conf.BRIDGE, family, over)
 
 
 @pytest.mark.parametrize("family", HOOKED_FAMILIES)
 def test_edge_attribution(hooked, family):
-    hooked.test_edge_attribution(family)
+    hooked.test_edge_attribution(conf.BRIDGE, family)
 
 
 @pytest.mark.parametrize("family", HOOKED_FAMILIES)
 def test_minimality_and_pareto(hooked, family):
-    hooked.test_minimality_and_pareto(family)
+    hooked.test_minimality_and_pareto(conf.BRIDGE, family)
 
 
 @pytest.mark.parametrize("family", HOOKED_FAMILIES)
 def test_eap_ig(hooked, family):
-    hooked.test_eap_ig_on_every_family_that_has_edges(family)
+    hooked.test_eap_ig_on_every_family_that_has_edges(conf.BRIDGE, family)
 
 
 def test_neuron_receivers_are_refused_when_the_recomputed_activation_disagrees():
