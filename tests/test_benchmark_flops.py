@@ -34,7 +34,10 @@ def test_a_whole_forward_counts_as_torch_counts_it(family):
     full_scores = 4 * seq * n_heads * d_head * seq * shape.n_layers
     causal_scores = sum(shape.scores(i) for i in range(seq)) * shape.n_layers
     expected = batch * (shape.n_layers * shape.layer(range(seq)) - causal_scores + full_scores + unembed)
-    assert counter.get_total_flops() == expected
+    # transformers 4.x writes the rotary table's outer product (positions x frequencies) as a
+    # matmul, which torch counts; it is no layer's work and at most this many operations
+    rotary = 2 * (d_head // 2) * seq * batch if family == "llama" else 0
+    assert expected <= counter.get_total_flops() <= expected + rotary
 
 
 def test_a_patch_before_the_first_difference_costs_nothing_and_later_layers_cost_more():
