@@ -40,6 +40,17 @@ class Site:
 Patch = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The probes' test of two forwards, on every backend: equal up to the rounding of the model's
+    dtype, relative to the tensors' scale."""
+    if a.shape != b.shape:
+        return False
+    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
+    scale = max(float(b.detach().abs().max()), 1.0)
+    return float((a.detach().float() - b.detach().float()).abs().max()) <= tol * scale
+
+
+
 class Backend(Protocol):
     """One adapter per model family; the only place that knows hook names."""
 

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .base import BackendError, Site
+from .base import BackendError, Site, _close
 
 ATTENTION = ("self_attn", "attn", "attention", "self_attention")
 OUT_PROJ = ("o_proj", "c_proj", "dense", "out_proj")
@@ -44,15 +44,6 @@ ACTIVATION = ("act_fn", "act", "activation_fn")
 NODE_KINDS = ("embed", "resid_pre", "head", "neuron", "mlp", "resid_post", "resid_final")
 
 Point = Tuple[str, str]  # (module path, "input" | "output")
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal up to the rounding of the model's dtype, relative to the tensors' scale."""
-    if a.shape != b.shape:
-        return False
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
-    scale = max(float(b.detach().abs().max()), 1.0)
-    return float((a.detach().float() - b.detach().float()).abs().max()) <= tol * scale
 
 
 def _child(module, names) -> Optional[str]:

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 
 from ..circuit import ModelShape
-from .base import BackendError, Patch, Site
+from .base import BackendError, Patch, Site, _close
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
 
@@ -59,15 +59,6 @@ def backend_label(model) -> str:
     bridge = any(cls.__name__ == "TransformerBridge" for cls in type(model).__mro__)
     kind = "bridge" if bridge else type(model).__name__  # HookedTransformer, or a subclass named as itself
     return f"transformer_lens {installed} {kind}"
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal up to the rounding of the model's dtype, relative to the tensors' scale."""
-    if a.shape != b.shape:
-        return False
-    tol = 1e-4 if a.dtype in (torch.float32, torch.float64) else 2e-2
-    scale = max(float(b.detach().abs().max()), 1.0)
-    return float((a.detach().float() - b.detach().float()).abs().max()) <= tol * scale
 
 
 def _wrapped(module):
