@@ -43,6 +43,7 @@ class ModelShape:
     d_vocab: int
     n_ctx: Optional[int] = None
     parallel: bool = False  # attention and MLP of a layer read the same stream (GPT-NeoX, GPT-J)
+    d_model: int = 0  # the residual stream's width, for memory estimates (0: the backend did not say)
 
     def describe(self) -> str:
         text = f"the model has {self.n_layers} layers (0-{self.n_layers - 1}), {self.n_heads} heads per layer (0-{self.n_heads - 1})"

@@ -32,6 +32,8 @@ from .paths import EdgePatcher, edge_plan
 from .prompts import EncodedPairs, PromptPairs
 from .results import PatchResult
 
+DEFAULT_BUDGET = 1 << 30  # bytes of activations one batched forward may hold (1 GiB)
+
 ABLATIONS = ("corrupt", "mean", "mean-positional", "zero", "resample")
 KINDS = ("denoise", "noise", "circuit_only")
 
@@ -62,6 +64,7 @@ class Patcher:
         self._baselines: Dict[Metric, Tuple[torch.Tensor, torch.Tensor]] = {}
         self._edge_patcher: Optional[EdgePatcher] = None
         self.forward_passes = 0  # unpatched + patched forwards run so far, for tests and benchmarks
+        self.budget_bytes = DEFAULT_BUDGET  # memory one unpatched forward may hold (a Sweeper lowers it to its own)
 
     # -- public questions ---------------------------------------------------------------------
     def denoise(self, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:
@@ -211,13 +214,38 @@ class Patcher:
         cache = self._acts[run]
         missing = [site for site in sites if site not in cache]
         if missing or run not in self._answer_logits:
-            capture = set(cache) | set(missing) | set(self._default_sites())
+            capture = sorted(set(cache) | set(missing) | set(self._default_sites()))
             tokens = self.pairs.clean if run == "clean" else self.pairs.corrupt
-            logits, captured = self.backend.run(tokens, capture=sorted(capture))
+            self._answer_logits[run], captured = self._capture(tokens, capture)
             self.forward_passes += 1
-            self._answer_logits[run] = answer_logits(logits, self.pairs)
             cache.update(captured)
         return {site: cache[site] for site in sites}
+
+    def _capture(self, tokens: torch.Tensor, capture: List[Site]) -> Tuple[torch.Tensor, Dict[Site, torch.Tensor]]:
+        """Answer-position logits and captured sites of one unpatched forward over ``tokens``, run in
+        slices of prompts that fit ``budget_bytes``: the full logits alone are prompts x positions x
+        vocabulary (1.6 GB for 32 x 256 tokens of a 50257-token vocabulary), and only the answer
+        rows are kept. Captured values are batch-first, so the slices' are concatenated."""
+        rows = max(1, int(self.budget_bytes // self._bytes_per_prompt()))
+        if rows >= tokens.shape[0]:
+            logits, captured = self.backend.run(tokens, capture=capture)
+            return answer_logits(logits, self.pairs), captured
+        answers, parts = [], []
+        positions = self.pairs.answer_positions
+        for start in range(0, tokens.shape[0], rows):
+            logits, captured = self.backend.run(tokens[start : start + rows], capture=capture)
+            picked = positions[start : start + rows].to(logits.device)
+            answers.append(logits[torch.arange(len(picked), device=logits.device), picked])
+            parts.append(captured)
+            del logits
+        return torch.cat(answers), {site: torch.cat([part[site] for part in parts]) for site in parts[0]}
+
+    def _bytes_per_prompt(self) -> int:
+        """Bytes one prompt holds at the peak of an unpatched forward (generous): its logits and a
+        copy, and the activations of a layer (``Sweeper`` budgets its patched copies the same way)."""
+        p = self.pairs.clean.shape[1]
+        d_model = self.shape.d_model or max(self.shape.d_mlp, 1024)
+        return 4 * p * (2 * self.shape.d_vocab + 12 * d_model + 3 * max(self.shape.d_mlp, 1) + 3 * self.shape.n_heads * p)
 
     def _default_sites(self) -> List[Site]:
         sites = [Site("embed")] + [Site("head", layer) for layer in range(self.shape.n_layers)]
@@ -257,11 +285,13 @@ class Patcher:
 
 
 def _patch(steps):
-    """A hook body replacing masked entries with source values, steps applied in order."""
+    """A hook body replacing masked entries with source values, steps applied in order. Mask and
+    values follow the activation to its device: a layer of a split model, or a remote trace, runs
+    somewhere other than where they were made (no copy where they already sit with it)."""
 
     def apply(act: torch.Tensor) -> torch.Tensor:
         for mask, values in steps:
-            act = torch.where(_broadcast(mask, act), values.to(act.dtype), act)
+            act = torch.where(_broadcast(mask.to(act.device), act), values.to(device=act.device, dtype=act.dtype), act)
         return act
 
     return apply

@@ -30,11 +30,10 @@ import torch
 from .backends import Site
 from .metrics import Metric, get_metric
 from .errors import ArgumentError
-from .patching import Patcher, PatchingError, patcher as cached_patcher, require_a_gap
+from .patching import DEFAULT_BUDGET, Patcher, PatchingError, patcher as cached_patcher, require_a_gap
 from .results import fixed
 
 OVER = ("heads", "mlps", "neurons", "resid")
-DEFAULT_BUDGET = 1 << 30  # bytes of activations one batched forward may hold (1 GiB)
 
 
 @dataclass(frozen=True)
@@ -125,6 +124,9 @@ class Sweeper:
         self.shape = patcher.shape
         self.pairs = patcher.pairs
         self.budget = budget_bytes
+        # the base runs the sweep captures fit its budget too (the patcher's runs are shared, and
+        # equal whatever the slices: only the memory they take at once changes)
+        patcher.budget_bytes = min(patcher.budget_bytes, budget_bytes)
         self._fast = bool(getattr(self.backend, "resumes_suffix", False))
         self._resumes = not self._fast and bool(getattr(self.backend, "resumes_layers", False))
         self._block_inputs: dict = {}
@@ -244,9 +246,11 @@ class Sweeper:
         return self.patcher.activations(run, sites)
 
     def _stream(self, run: str, layer: int) -> torch.Tensor:
-        """The residual stream entering ``layer`` (at ``n_layers``: the final stream)."""
-        site = Site("resid_final") if layer >= self.shape.n_layers else Site("resid_pre", layer)
-        return self.patcher.activations(run, [site])[site]
+        """The residual stream entering ``layer`` (at ``n_layers``: the final stream). Every layer's
+        is captured in the run's first capture: asked for one at a time, each new site re-ran the
+        whole forward (13 forwards of the base prompts per sweep on a 12-layer model)."""
+        streams = [Site("resid_pre", j) for j in range(self.shape.n_layers)] + [Site("resid_final")]
+        return self.patcher.activations(run, streams)[streams[min(layer, self.shape.n_layers)]]
 
     def _run_chunk_plain(self, over: str, layer: int, configs, base: str, source: str) -> torch.Tensor:
         """Logits ``[k*b, pos, vocab]`` of the chunk's patched runs, each a full forward of the base
@@ -263,9 +267,9 @@ class Sweeper:
         return self.backend.run_from(layer, stream, self._inputs(base), patches)
 
     def _suffix_for(self, over: str) -> bool:
-        """The suffix path for this sweep, except residual sweeps through the cache way: measured
-        slower there than resuming whole layers (40 s against 4 s for a per-position residual sweep
-        on a 6-layer Llama-style model), so they resume until that is understood."""
+        """The suffix path for this sweep, except residual sweeps through the cache way: still
+        slower there than resuming whole layers (80 s against 58 s, per-position residual sweep of a
+        6-layer Llama-style model at 8 x 64 tokens; equal at 8 x 16), so they resume."""
         return self._fast and not (over == "resid" and getattr(self.backend, "suffix_takes_patches", False))
 
     def path(self, over: str) -> str:

@@ -118,3 +118,14 @@ def test_a_hooked_transformer_over_n_devices_measures_as_on_one():
     assert len(TransformerLensBackend(split).devices) == 2
     pairs = random_pairs()
     assert_same(measurements(split, pairs), measurements(one, pairs), atol=1e-4)
+
+
+def test_patch_values_follow_the_activation_to_its_device():
+    """A remote trace (or a split model's layer) hands the patch an activation on another device than
+    the one the mask and values were made on: seen on a GPU machine, where the stand-in for NDIF ran
+    the trace on CUDA with values on the CPU. The meta device stands in for "elsewhere" here."""
+    from pytest_circuits.patching import _patch
+
+    act = torch.zeros(2, 3, device="meta", dtype=torch.float16)
+    patched = _patch([(torch.tensor([True, False]), torch.ones(2, 3, dtype=torch.float32))])(act)
+    assert patched.device.type == "meta" and patched.dtype == torch.float16 and patched.shape == (2, 3)

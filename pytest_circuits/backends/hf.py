@@ -45,6 +45,7 @@ class MappedBackend(ReceiverInputs):
             d_vocab=self.layout.d_vocab,
             n_ctx=self.layout.n_ctx,
             parallel=self.layout.parallel,
+            d_model=int(hf_model.get_input_embeddings().embedding_dim),
         )
         self._attn_write = [attention_write_point(hf_model, self.layout, l) for l in range(self.layout.n_layers)]
         self.layout.order = self._forward_order()

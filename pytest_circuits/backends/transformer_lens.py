@@ -144,6 +144,7 @@ class TransformerLensBackend:
             d_vocab=cfg.d_vocab,
             n_ctx=getattr(cfg, "n_ctx", None),
             parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
+            d_model=int(cfg.d_model),
         )
         self._check_hooks(mlps=not attn_only)
         if not attn_only:

@@ -1,0 +1,73 @@
+"""The unpatched runs a ``Patcher`` captures fit its memory budget: a forward whose logits alone
+would pass the budget runs in slices of prompts, and what it captures equals the one-batch run.
+
+Slicing changes only how many prompts run at once. These tests force it with a tiny budget on
+models of several families and backends, and compare every captured site, the answer logits, the
+baselines and a sweep with the unsliced run.
+"""
+
+import pytest
+import torch
+from families import build_hf, random_prompts
+
+from pytest_circuits import Patcher, PromptPairs
+from pytest_circuits.loading import bridge_from_hf
+from pytest_circuits.sweeps import Sweeper
+
+LENGTHS = (7, 9, 9, 8, 9)  # unequal lengths: each slice's answer positions are its own prompts'
+
+
+def pairs_for() -> PromptPairs:
+    clean, corrupt, answers = random_prompts(len(LENGTHS), max(LENGTHS), lengths=LENGTHS)
+    return PromptPairs([c.tolist() for c in clean], [x.tolist() for x in corrupt], answers)
+
+
+def counting(patcher: Patcher) -> list:
+    """The batch sizes of the forwards the patcher's backend runs from now on."""
+    sizes = []
+    run = patcher.backend.run
+
+    def counted(tokens, *args, **kwargs):
+        sizes.append(tokens.shape[0])
+        return run(tokens, *args, **kwargs)
+
+    patcher.backend.run = counted
+    return sizes
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("backend", ["transformer_lens", "hf"])
+def test_captures_in_slices_equal_the_one_batch_run(family, backend):
+    def model():
+        hf = build_hf(family, torch.float64)
+        return bridge_from_hf(hf, model_name=family) if backend == "transformer_lens" else hf
+
+    pairs = pairs_for()
+    whole, sliced = Patcher(model(), pairs), Patcher(model(), pairs)
+    sliced.budget_bytes = 2 * sliced._bytes_per_prompt()  # two prompts per forward
+    sizes = counting(sliced)
+    for run in ("clean", "corrupt"):
+        sites = whole._default_sites()
+        expected, got = whole.activations(run, sites), sliced.activations(run, sites)
+        for site in sites:
+            torch.testing.assert_close(got[site], expected[site], rtol=0, atol=1e-10, msg=f"{family} {run} {site}")
+        torch.testing.assert_close(sliced.run_answer_logits(run), whole.run_answer_logits(run), rtol=0, atol=1e-10)
+    assert sizes == [2, 2, 1, 2, 2, 1]  # five prompts, two at a time, for each run
+    assert sliced.forward_passes == whole.forward_passes == 2  # one (sliced) forward per run
+    for a, b in zip(sliced.baselines(), whole.baselines()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_a_sweep_lowers_its_patchers_budget_to_its_own_and_measures_the_same():
+    pairs = pairs_for()
+    model = bridge_from_hf(build_hf("llama", torch.float64), model_name="llama")
+    expected = Sweeper(Patcher(model, pairs)).sweep("heads", "denoise")
+    patcher = Patcher(model, pairs)
+    budget = 3 * patcher._bytes_per_prompt()
+    sizes = counting(patcher)
+    got = Sweeper(patcher, budget_bytes=budget).sweep("heads", "denoise")
+    assert patcher.budget_bytes == budget
+    runs_of_the_prompts = [n for n in sizes if n in (2, 3, 5)][1:]  # the first 2 is the backend's probe
+    assert runs_of_the_prompts[:4] == [3, 2, 3, 2], sizes  # clean, then corrupt, three prompts at a time
+    assert 5 not in sizes, sizes
+    torch.testing.assert_close(got.patched, expected.patched, rtol=0, atol=1e-10)
