@@ -39,7 +39,7 @@ def gpt2_small(device: str, quick: bool):
 
     sizes = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, n_positions=1024)
     if quick:
-        sizes = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=5000, n_positions=64)
+        sizes = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=5000, n_positions=512)
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(_gpt2.gpt2_config(**sizes, initializer_range=INIT)).to(device)
     return _gpt2.bridge(hf, model_name="gpt2-small-sized (random)")
@@ -56,7 +56,7 @@ def llama_small(device: str, quick: bool):
                  intermediate_size=2048, vocab_size=50257, max_position_embeddings=1024)
     if quick:
         sizes = dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, hidden_size=128,
-                     intermediate_size=344, vocab_size=5000, max_position_embeddings=64)
+                     intermediate_size=344, vocab_size=5000, max_position_embeddings=512)
     torch.manual_seed(0)
     hf = LlamaForCausalLM(LlamaConfig(**sizes, initializer_range=INIT, bos_token_id=0, eos_token_id=1, pad_token_id=2)).to(device)
     return bridge_from_hf(hf, model_name="llama-style gpt2-small-sized (random)")
@@ -230,7 +230,8 @@ GRID_SWEEPS = (  # name, over, per position, TransformerLens's function (None: i
 
 
 def grid(args) -> None:
-    """Every sweep at every size of the grid: our time, TransformerLens's (where it has the sweep and
+    """Every sweep at every size of the grid: our time and peak memory above the model's (CUDA
+    allocator stats, or sampled RSS on CPU), TransformerLens's time (where it has the sweep and
     finishes within --max-seconds by its own forward count), and the FLOP lower bound (flops.py) in
     seconds at this machine's measured matrix-multiply rate. A cell estimated to take longer than
     --max-seconds is printed with its bound and not run."""
@@ -242,7 +243,7 @@ def grid(args) -> None:
     print(f"float32 matmul rate on {args.device}: {rate / 1e9:.1f} GFLOP/s (the bound's seconds use it)", flush=True)
     builders = {"small": lambda: gpt2_small(args.device, True), "gpt2": lambda: gpt2_small(args.device, False),
                 "llama": lambda: llama_small(args.device, False)}
-    header = f"{'model':<6} {'size':>7} {'sweep':<10} {'bound GFLOP':>11} {'bound s':>8} {'ours s':>8} {'ours/bound':>10} {'TL s':>8} {'TL/ours':>7}  max|diff|"
+    header = f"{'model':<6} {'size':>7} {'sweep':<10} {'bound GFLOP':>11} {'bound s':>8} {'ours s':>8} {'ours/bound':>10} {'peak MiB':>9} {'TL s':>8} {'TL/ours':>7}  max|diff|"
     for key in args.grid_models.split(","):
         model = builders[key.strip()]()
         shape = Shape.of(model)
@@ -268,8 +269,10 @@ def grid(args) -> None:
                         clear_cache()
                         return Sweeper(Patcher(model, pairs), budget_bytes=args.budget_mb << 20).sweep(over, "denoise", per_position=per_position)
 
-                    result, t_ours = timed(ours, args.device)
-                    row += f" {t_ours:8.2f} {t_ours / bound:10.1f}"
+                    memory = {}
+                    with peak_memory(args.device, memory):
+                        result, t_ours = timed(ours, args.device)
+                    row += f" {t_ours:8.2f} {t_ours / bound:10.1f} {memory['peak'] / 2**20:9.0f}"
                     if tl_name is None or tl_estimate > args.max_seconds:
                         print(f"{row} {'-':>8} {'-':>7}  (TransformerLens: {'no such function' if tl_name is None else f'estimated {tl_estimate:.0f} s'})", flush=True)
                         continue
@@ -279,8 +282,10 @@ def grid(args) -> None:
                         return getattr(tl, tl_name)(model, enc.corrupt, cache, tl_metric(enc))
 
                     expected, t_tl = timed(theirs, args.device)
-                    ours_values = result.patched if not per_position or over != "heads" else result.patched.permute(0, 2, 1)
-                    diff = float((ours_values - expected.to(result.patched.dtype).cpu().reshape(ours_values.shape)).abs().max())
+                    expected = expected.to(result.patched.dtype).cpu()
+                    if expected.shape != result.patched.shape:  # both are [layer, (position,) head]: never reshape to fit
+                        raise AssertionError(f"{name}: ours {tuple(result.patched.shape)} vs TransformerLens {tuple(expected.shape)}")
+                    diff = float((result.patched - expected).abs().max())
                     print(f"{row} {t_tl:8.2f} {t_tl / t_ours:7.1f}  {diff:.1e}", flush=True)
         del model
 

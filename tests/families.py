@@ -12,8 +12,14 @@ Only ``torch`` and ``transformers`` are used here (nothing from ``pytest_circuit
 
 from __future__ import annotations
 
+import os
+
 import torch
 import transformers
+
+# where the models are built: ``CIRCUITS_TEST_DEVICE=cuda pytest tests/test_conformance.py`` runs the
+# conformance suite (engine and reference alike) on a GPU; CPU otherwise
+TEST_DEVICE = os.environ.get("CIRCUITS_TEST_DEVICE", "cpu")
 
 FAMILIES = ("gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gptj", "opt", "bloom")
 GQA_FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2")
@@ -159,7 +165,7 @@ def build_hf(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> 
         except (TypeError, ValueError):
             model = transformers.AutoModelForCausalLM.from_config(config)
         _perturb(model)
-    model = model.to(dtype)
+    model = model.to(device=TEST_DEVICE, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -27,7 +27,7 @@ import hf_reference as ref
 import pytest
 import torch
 from backend_rows import BRIDGE, ROWS
-from families import FAMILIES, GQA_FAMILIES, PARALLEL_FAMILIES, build_hf, random_prompts
+from families import FAMILIES, GQA_FAMILIES, PARALLEL_FAMILIES, TEST_DEVICE, build_hf, random_prompts
 
 from pytest_circuits import BackendError, CircuitError, Patcher, PromptPairs, attribute, pareto
 from pytest_circuits.backends import backend_for
@@ -77,14 +77,14 @@ def native_attention_only(dtype):
     from transformer_lens.model_bridge.sources.native.init import initialize_native_model
     from transformer_lens.model_bridge.sources.native.model import NativeModel
 
-    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_layers=N_LAYERS, n_ctx=64, n_heads=N_HEADS, d_vocab=50, attn_only=True, seed=0)
+    cfg = TransformerBridgeConfig(d_model=32, d_head=8, n_layers=N_LAYERS, n_ctx=64, n_heads=N_HEADS, d_vocab=50, attn_only=True, seed=0, device=TEST_DEVICE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         module = NativeModel(cfg)
         initialize_native_model(module, cfg)
         for parameter in module.parameters():  # larger weights, so a two-token corruption matters
             parameter.data.mul_(3.0)
-    module = module.to(dtype).eval()
+    module = module.to(device=TEST_DEVICE, dtype=dtype).eval()
     reference_copy = copy.deepcopy(module)
     bridge = build_bridge_from_module(module, architecture="TransformerLensNative", tl_config=cfg, model_name="native")
     return bridge.eval(), reference_copy

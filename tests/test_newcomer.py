@@ -434,6 +434,8 @@ def test_ci_run_removes_its_virtual_environment_even_when_it_fails(tmp_path):
     then fails shows that the folder is removed on the way out."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    (bin_dir / "chromium").write_text("#!/bin/sh\nexit 0\n")  # present, so the script never reaches for apt
+    (bin_dir / "chromium").chmod(0o755)
     for name in ("python3", "python"):
         stub = bin_dir / name
         stub.write_text(  # a venv whose own python fails too
