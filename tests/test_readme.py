@@ -45,17 +45,34 @@ def test_the_checkpoint_showcase_runs_as_written(tmp_path):
 
 
 def test_the_page_command_runs_as_written(tmp_path):
-    """`pytest examples --circuits-html circuits.html`, exactly as the README's page section writes
-    it, run from a copy of the repository's examples: the run passes and the page is there."""
+    """`pytest examples --circuits-html=circuits.html`, exactly as the README's page section writes
+    it, run from a copy of the repository's examples (with the root's ini file): the run passes and
+    the page is there. The second run is the one a path after a space broke: the page then exists,
+    pytest took it for a test path and read the root's ini file instead of `examples/pytest.ini`."""
     text = (ROOT / "README.md").read_text()
-    command = re.search(r"`(pytest examples --circuits-html circuits\.html)`", text).group(1)
+    command = re.search(r"`(pytest examples --circuits-html=circuits\.html)`", text).group(1)
     shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     done = subprocess.run(
         f"{sys.executable} -m {command} -p no:cacheprovider", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:]
     page = (tmp_path / "circuits.html").read_text()
     assert "<svg" in page and 'class="cell"' in page and "holds" in page
+    # the same command again, now that the page exists (collecting is where such a run is refused)
+    again = subprocess.run(
+        f"{sys.executable} -m {command} -p no:cacheprovider --collect-only -q", shell=True, cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+
+
+def test_every_path_the_readme_gives_an_option_follows_an_equals_sign():
+    """`--circuits-html circuits.html` works once and is refused the next time (the page then
+    exists, and pytest takes an existing path on its command line for a test path)."""
+    text = (ROOT / "README.md").read_text()
+    spaced = re.findall(r"--circuits-(?:checkpoint|model|prompts|report|html) (?!SPEC|SOURCE|PATH)\S+", text)
+    assert not spaced, spaced
 
 
 def test_the_three_backend_command_runs_as_written(tmp_path):
