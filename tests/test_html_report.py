@@ -120,6 +120,10 @@ def test_every_claim_is_a_row_with_its_verdict_score_interval_threshold_and_spre
     assert [("FAILS" in row) for row in rows[:4]] == [False, False, False, True]
     assert "snapshot changed" in rows[1] and "snapshot changed" not in rows[0]
     assert "measured" in rows[4] and "CPR" in rows[4]
+    curve = measured["faithfulness"]  # its spread: each prompt's own CPR (they average to the CPR)
+    assert sum(curve.per_prompt) / len(curve.per_prompt) == pytest.approx(curve.cpr) and len(set(curve.per_prompt)) > 1
+    low, high = min(curve.per_prompt), max(curve.per_prompt)
+    assert re.search(rf"{low:.3f} / [-0-9.]+ / {high:.3f}", rows[4])
     for key in ("model", "checkpoints", "backends", "versions", torch.__version__):
         assert html.escape(key) in text
 
