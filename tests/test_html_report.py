@@ -334,6 +334,42 @@ def test_the_page_renders_in_chromium_without_console_errors(page, tmp_path):
     assert not console_errors(stderr), console_errors(stderr)
     assert '<table class="claims">' in dom and dom.count("<svg") >= 5  # heatmap, two curves, two circuits
     assert 'class="cell"' in dom and "L1H1: damage" in dom
+    # laid out and shown, not only in the DOM: the table and every heatmap cell have a box on the page
+    assert visibility(page, tmp_path) == {"table": "visible", "cells": str(len(measured_cells(page))), "hidden cells": "0"}
+
+
+# What the page shows once laid out: a copy of it with a script (the page itself has none) that
+# writes what it finds into the DOM Chromium dumps.
+VISIBILITY_PROBE = """<script>
+const shown = el => { const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+  return box.width > 0 && box.height > 0 && style.visibility !== "hidden" && Number(style.opacity) > 0; };
+const table = document.querySelector("table.claims"), cells = [...document.querySelectorAll("rect.cell")];
+document.body.setAttribute("data-probe", JSON.stringify({table: table && shown(table) ? "visible" : "hidden",
+  cells: String(cells.filter(shown).length), "hidden cells": String(cells.filter(c => !shown(c)).length)}));
+</script>"""
+
+
+def visibility(page: Path, tmp_path: Path, extra: str = "") -> dict:
+    import json
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", extra + VISIBILITY_PROBE + "</body>"))
+    code, dom, stderr = chromium("--virtual-time-budget=2000", "--window-size=1200,1600", "--dump-dom", probe.as_uri(), tmp_path=tmp_path)
+    assert code == 0, stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def measured_cells(page: Path) -> list:
+    return re.findall(r'<rect class="cell"', page.read_text())
+
+
+@needs_chromium
+def test_the_visibility_probe_sees_a_hidden_table_and_heatmap(page, tmp_path):
+    """The check above can fail: the same page with the table and the heatmap hidden by CSS."""
+    hidden = visibility(page, tmp_path, "<style>table.claims, svg:has(rect.cell) { display: none }</style>")
+    assert hidden == {"table": "hidden", "cells": "0", "hidden cells": str(len(measured_cells(page)))}
 
 
 if __name__ == "__main__":  # rebuild docs/report-example.png: python tests/test_html_report.py
