@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +94,53 @@ def test_the_three_backend_command_runs_as_written(tmp_path):
         by_checkpoint.setdefault(row[1], []).append(row[2])
     assert sorted(by_checkpoint) == ["hf://toy:induction", "nnsight://toy:induction", "toy:induction"]
     assert by_checkpoint["hf://toy:induction"] == by_checkpoint["nnsight://toy:induction"] == by_checkpoint["toy:induction"]
+
+
+def readme_python_blocks() -> list:
+    """The README's ```python blocks, list items' indentation removed."""
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text().replace("\n  ", "\n"), flags=re.S)
+
+
+def block_with(text: str) -> str:
+    return next(block for block in readme_python_blocks() if text in block)
+
+
+def test_the_notebook_blocks_run_as_written(capsys):
+    """'From a notebook' as written; the exploring block on the toy it names (`model`, `pairs`:
+    its only free names), printing what its comments say; the custom metric reads the correct
+    answer's logit at each prompt's answer position."""
+    from pytest_circuits import Patcher
+    from pytest_circuits.toys import induction
+
+    exec(compile(block_with("patcher = Patcher(model, pairs)"), "README.md", "exec"), {})
+    summary = capsys.readouterr().out
+    assert "recovered" in summary and "L0H1 L1H1" in summary
+
+    model, pairs = induction.load(), induction.prompt_pairs()
+    exploring = block_with("exact = sweep(model, pairs")
+    exec(compile(exploring, "README.md", "exec"), {"model": model, "pairs": pairs})
+    top, agreement = capsys.readouterr().out.splitlines()
+    assert re.search(r"# \[\('L1H1', 1\.0\), \.\.\.\]", exploring) and top.startswith("[('L1H1', 1.0")
+    assert "'spearman'" in agreement and "'top_k_overlap'" in agreement
+
+    namespace = {}
+    exec(compile(block_with("def correct_logit(logits, pairs)"), "README.md", "exec"), namespace)
+    encoded = Patcher(model, pairs).pairs
+    logits = model(encoded.clean)
+    rows = range(logits.shape[0])
+    expected = logits[rows, encoded.answer_positions, encoded.answers[:, 0, 0]]
+    assert torch.equal(namespace["correct_logit"](logits, encoded), expected)
+
+
+def test_the_first_claim_and_the_path_claims_run_as_written(pytester):
+    """The README's first test, as a test file (failing until `pytest --snapshot-update` writes its
+    snapshot, then passing); its two path claims on `toy:nobel` in a test."""
+    pytester.makepyfile(test_first=block_with("def test_induction_circuit_recovers"))
+    paths = block_with('circuits.assert_sufficient("embed@Nobel')
+    body = "".join(f"    {line}\n" for line in paths.strip().splitlines())
+    pytester.makepyfile(test_paths=f'import pytest\n\n@pytest.mark.circuit_model("toy:nobel")\ndef test_paths(circuits):\n{body}')
+    first = pytester.runpytest("-p", "no:cacheprovider")
+    first.assert_outcomes(passed=1, failed=1)  # no snapshot yet, as the README says
+    assert "test_first.py::test_induction_circuit_recovers" in "".join(r.nodeid for r in first.reprec.getfailures())
+    pytester.runpytest("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=2)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
