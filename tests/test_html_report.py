@@ -261,6 +261,15 @@ def test_an_interrupted_write_leaves_the_last_good_page_and_no_temporary(measure
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["circuits.html"]
 
 
+def test_report_html_writes_the_page_from_a_notebook(measured, tmp_path):
+    from pytest_circuits import report
+
+    path = report.html(page_items(measured), tmp_path / "notebook.html", title="from a notebook")
+    written = write_html(tmp_path / "same.html", page_items(measured), title="from a notebook")
+    when = re.compile(r"written \S+ \S+ UTC")
+    assert when.sub("", path.read_text()) == when.sub("", written.read_text())
+
+
 def test_an_unknown_item_is_an_error_that_says_what_is_shown(tmp_path):
     with pytest.raises(TypeError, match="cannot show int in the HTML report"):
         write_html(tmp_path / "page.html", [42])
