@@ -286,14 +286,23 @@ def _own_gradient(site: Site, by_move: Dict[Move, Dict[Site, torch.Tensor]]) -> 
     return torch.stack([by_move[(site, h)][site][:, :, h] for h in heads], dim=2)
 
 
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``values``, tied values sharing the mean of the ranks they span (as
+    Spearman's correlation needs: many components score exactly 0, and an order among them
+    would be the order they happen to be listed in)."""
+    _, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()  # the highest rank each distinct value spans
+    return (last - (counts.double() - 1) / 2)[inverse]
+
+
 def compare(estimate: SweepResult, exact: SweepResult, k: int = 10) -> Dict[str, float]:
     """How well an attribution ranks components against the exact sweep: Spearman rank
-    correlation of the scores and the overlap of the top ``k`` (by magnitude)."""
+    correlation of the scores (ties take their average rank) and the overlap of the top ``k``
+    (by magnitude)."""
     if estimate.scores.shape != exact.scores.shape:
         raise ValueError(f"cannot compare scores of shapes {tuple(estimate.scores.shape)} and {tuple(exact.scores.shape)}")
     a, b = estimate.scores.flatten().double(), exact.scores.flatten().double()
-    ranks = lambda x: x.argsort().argsort().double()  # noqa: E731
-    ra, rb = ranks(a), ranks(b)
+    ra, rb = average_ranks(a), average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     spearman = float((ra * rb).sum() / (ra.norm() * rb.norm()).clamp(min=1e-12))
     k = min(k, a.numel())

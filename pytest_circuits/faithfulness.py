@@ -50,6 +50,16 @@ class FaithfulnessCurve:
     model: Optional[str] = None
     judged: str = "cpr"  # which area a claim judges: "cpr" (at least) or "cmd" (at most)
     full: Optional[object] = field(default=None, repr=False, compare=False)  # a measurement on these runs: its baselines judge the evidence
+    per_prompt_f: Tuple[Tuple[float, ...], ...] = field(default=(), repr=False, compare=False)  # [budget][prompt]: f of each prompt
+
+    @property
+    def per_prompt(self) -> Tuple[float, ...]:
+        """Each prompt's own area, its f normalized by the same m(model) and m(empty) as the curve
+        (so the CPRs average to the CPR): the claims table's per-prompt spread of the area judged."""
+        curves = list(zip(*self.per_prompt_f))
+        if self.judged == "cmd":
+            return tuple(trapezoid(self.budgets, [abs(1 - f) for f in curve]) for curve in curves)
+        return tuple(trapezoid(self.budgets, curve) for curve in curves)
 
     @property
     def cpr(self) -> float:
@@ -151,6 +161,9 @@ def faithfulness_curve(patcher, ranking, *, budgets: Sequence[float] = MIB_BUDGE
         corruption=patcher.corruption,
         model=patcher.backend.name,
         full=measured[0],
+        per_prompt_f=tuple(
+            tuple((value - empty) / (model_score - empty) for value in measured[size].per_prompt_metric) for size in sizes
+        ),
     )
 
 

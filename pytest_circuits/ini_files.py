@@ -50,3 +50,17 @@ def unread_settings(folder: Path, inipath: Optional[Path]) -> Optional[tuple]:
             return None
         return (path, keys) if keys else None
     return None
+
+
+def values_taken_for_paths(args, invocation_dir: Path) -> List[tuple]:
+    """``(option, value)`` for each ``--circuits-* VALUE`` written with a space whose value is an
+    existing path. pytest picks its rootdir and ini file from the paths among the arguments before
+    it knows this plugin's options, so such a value counts as one of them (``pytest
+    examples/test_x.py --circuits-checkpoint ./damaged`` reads no ``examples/pytest.ini``);
+    ``--circuits-checkpoint=./damaged`` does not."""
+    taken = []
+    for option, value in zip(args, list(args)[1:]):
+        if str(option).startswith("--circuits-") and "=" not in str(option) and not str(value).startswith("-"):
+            if (Path(invocation_dir) / str(value)).exists():
+                taken.append((str(option), str(value)))
+    return taken

@@ -29,7 +29,7 @@ from . import hookspecs
 from .errors import InputError
 from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
-from .ini_files import unread_settings
+from .ini_files import unread_settings, values_taken_for_paths
 from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, toy_of
 from .prompt_paths import PromptPathError, prompt_file
 from .report import ClaimRow, backends, table, title, write_json
@@ -656,9 +656,23 @@ def _refuse_unread_settings(state, items) -> None:
             read = state.config.inipath or "no ini file"
             raise pytest.UsageError(
                 f"pytest-circuits: {ini} sets {', '.join(keys)}, but pytest reads one ini file per run and this one reads "
-                f"{read}: the tests under {folder} would run without those settings. Run that folder on its own "
-                f"(`pytest {_shown(folder, state.config)}`, from any folder) and the other tests in another run."
+                f"{read}: the tests under {folder} would run without those settings. {_what_to_do(state.config, folder)}"
             )
+
+
+def _what_to_do(config, folder: Path) -> str:
+    """The way out: ``--circuits-x=VALUE`` where a value written after a space moved pytest's
+    rootdir (``--circuits-checkpoint ./damaged``), else one run per folder with an ini file."""
+    params = config.invocation_params
+    taken = values_taken_for_paths(params.args, Path(params.dir))
+    if taken:
+        values = ", ".join(f"`{value}` (after `{option}`)" for option, value in taken)
+        joined = ", ".join(f"`{option}={value}`" for option, value in taken)
+        return (
+            f"pytest took {values} for a test path when it chose its ini file (it does so before it knows this plugin's "
+            f"options): write {joined}."
+        )
+    return f"Run that folder on its own (`pytest {_shown(folder, config)}`, from any folder) and the other tests in another run."
 
 
 def _shown(folder: Path, config) -> str:

@@ -1,4 +1,4 @@
-"""Claims measured in a session: rows, the terminal table, and the JSON report.
+"""Claims measured in a session: rows, the terminal table, the JSON report, and (``html``) the page.
 
 The JSON is written to a temporary file and renamed into place (``files.write_atomically``), so an
 interrupted run never leaves a half-written report.
@@ -148,3 +148,12 @@ def write_json(path: Path, rows: Iterable[ClaimRow], meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "claims": [asdict(row) for row in rows]}
     return write_atomically(path, json.dumps(payload, indent=2) + "\n")
+
+
+def html(results: Iterable, path, **options) -> Path:
+    """The page ``--circuits-html`` writes, from a notebook: ``report.html([claim, sweep, curve,
+    ...], "circuits.html")`` (``html_report.write_html`` with the arguments the other way round,
+    as the issue that asked for it wrote them)."""
+    from .html_report import write_html  # the page's module loads only when a page is written
+
+    return write_html(path, results, **options)

@@ -37,6 +37,8 @@ def warm_imports():
     the outer session, keeps them for every run. Tests that run pytester sessions request it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
+    import pytest_circuits.session  # noqa: F401  the engine and its metric registry: an inner run that
+    # imported them first would leave the next run a fresh registry beside the old one's users
     from pytest_circuits.toys import induction, redundant
 
     redundant.load()

@@ -91,6 +91,20 @@ def test_compare_reports_rank_agreement(setup):
         compare(attributor.attribute("heads"), exact)
 
 
+def test_compare_gives_tied_scores_their_average_rank():
+    """Spearman's rho by hand with ties: ranks [2, 2, 2, 4, 5] against [1, 2, 3, 4, 5], centred
+    [-1, -1, -1, 1, 2] and [-2, -1, 0, 1, 2]: rho = 8 / sqrt(8 * 10). Listing the tied components
+    in another order changes nothing (ranking ties by their place in the list gave 1.0 here)."""
+    from types import SimpleNamespace
+
+    def rho(a, b):
+        return compare(SimpleNamespace(scores=torch.tensor(a)), SimpleNamespace(scores=torch.tensor(b)))["spearman"]
+
+    assert rho([0.0, 0.0, 0.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(8 / (80**0.5))
+    assert rho([0.0, 0.0, 0.0, 1.0, 2.0], [3.0, 2.0, 1.0, 4.0, 5.0]) == pytest.approx(8 / (80**0.5))
+    assert rho([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]) == 0.0  # a constant estimate ranks nothing
+
+
 # -- EAP-IG along each component's own activation path ("EAP-IG-activations") ---------------------
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
 def test_activation_path_eap_ig_with_one_step_is_plain_attribution(setup, mode):
@@ -157,3 +171,28 @@ def test_activation_path_eap_ig_scores_the_attention_pattern_edge_plain_attribut
     assert exact == pytest.approx(0.870, abs=0.005)
     assert abs(scores["eap-ig-activations"] - exact) < 0.05, scores
     assert abs(scores["eap"] - exact) > 0.8 and abs(scores["eap-ig"] - exact) > 0.8, scores
+
+
+def test_rank_correlations_with_exact_edge_patching_on_the_induction_toy():
+    """The README's EAP-IG table, its ``induction`` noise row: against exact patching of each of
+    the 110 edges (20 steps), on the edges whose exact damage is above 0.01 in size the activation
+    path ranks 0.72, plain attribution 0.43, the input path 0.32."""
+    from types import SimpleNamespace
+
+    from pytest_circuits.toys import induction
+
+    patcher = Patcher(induction.load(), induction.prompt_pairs())
+    attributor = Attributor(patcher)
+    estimates = {m: attributor.attribute("edges", "noise", method=m, steps=20) for m in ("eap", "eap-ig", "eap-ig-activations")}
+    edges = estimates["eap"].edges
+    exact = torch.tensor([patcher.noise(str(edge)).score for edge in edges], dtype=torch.float64)
+    matter = exact.abs() > 0.01
+    assert int(matter.sum()) == 10
+
+    def rho(method, keep):
+        return compare(SimpleNamespace(scores=estimates[method].scores[keep]), SimpleNamespace(scores=exact[keep]))["spearman"]
+
+    plain, inputs, activations = (rho(m, matter) for m in estimates)
+    assert (plain, inputs, activations) == pytest.approx((0.43, 0.32, 0.72), abs=0.02)
+    # (over all edges the order is float noise: 90 edges change the metric by the same 5e-8 here,
+    # so those numbers are reported in the README, not asserted)

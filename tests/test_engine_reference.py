@@ -150,6 +150,26 @@ def test_mean_ablation_uses_one_mean_over_every_real_token():
     assert Patcher(model, pairs, ablation="mean").noise("L1H2").patched == pytest.approx(float(expected), abs=1e-5)
 
 
+def test_positional_mean_ablation_leaves_padding_out_of_each_positions_mean():
+    """MIB's ``mean-positional`` on prompts of different lengths: at each position, the mean over
+    the corrupt prompts that have a real token there (computed from unpadded runs)."""
+    model = random_gpt2(seed=5)
+    pairs = random_pairs(n=4, lengths=[8, 5, 6, 8])
+    enc = pairs.encode()
+    runs = [model.run_with_cache(enc.corrupt[i : i + 1, :k])[1]["blocks.1.attn.hook_z"][0] for i, k in enumerate(enc.lengths.tolist())]
+    means = [torch.stack([z[p] for z in runs if len(z) > p]).mean(0) for p in range(enc.seq_len)]  # [head, d_head] each
+
+    def z_fn(z):
+        z = z.clone()
+        for p, mean in enumerate(means):
+            z[:, p, 2] = mean[2]
+        return z
+
+    expected = tl_logit_diff(pairs)(hook_run(model, enc.clean, {"blocks.1.attn.hook_z": z_fn}))
+    assert Patcher(model, pairs, ablation="mean-positional").noise("L1H2").patched == pytest.approx(float(expected), abs=1e-5)
+    assert Patcher(model, pairs, ablation="mean").noise("L1H2").patched != pytest.approx(float(expected), abs=1e-3)
+
+
 def test_zero_ablation_zeroes_the_node(model, pairs):
     enc = pairs.encode()
     expected = tl_logit_diff(pairs)(hook_run(model, enc.clean, {"blocks.1.hook_mlp_out": torch.zeros_like}))

@@ -27,7 +27,8 @@ class StubPatcher:
     def circuit_only(self, circuit, metric):
         size = len(Circuit.parse(circuit).nodes)
         self.kept.append(size)
-        return SimpleNamespace(patched=1.0 + size)
+        # three prompts at 1 + size - 1, 1 + size, 1 + size + 1: their mean is the patched metric
+        return SimpleNamespace(patched=1.0 + size, per_prompt_metric=(size + 0.0, size + 1.0, size + 2.0))
 
 
 def test_the_trapezoid_rule():
@@ -49,6 +50,15 @@ def test_budgets_sizes_normalization_and_areas_by_hand():
     cmd = (0.05 - 0.001) * 1.0 + 0.05 * 0.95 + 0.1 * 0.85 + 0.3 * 0.65 + 0.5 * 0.25
     assert curve.cmd == pytest.approx(cmd)
     assert curve.budgets == MIB_BUDGETS
+    # each prompt's f is (its metric - 1) / 10, off the curve's by -0.1, 0, +0.1 at every budget, so
+    # its CPR is off by that times the budgets' span (1 - 0.001); the three average to the CPR
+    assert curve.per_prompt == pytest.approx((cpr - 0.0999, cpr, cpr + 0.0999))
+    judged_on_cmd = faithfulness_curve(StubPatcher(clean=11.0), names)
+    from dataclasses import replace
+
+    below, on, above = replace(judged_on_cmd, judged="cmd").per_prompt
+    # CMD is a distance: the prompt 0.1 above overshoots 1 at 100% by 0.1, so only up to 50% is it closer
+    assert on == pytest.approx(cmd) and below == pytest.approx(cmd + 0.0999) and above == pytest.approx(cmd - 0.1 * (0.5 - 0.001))
 
 
 def test_budgets_must_be_increasing_fractions():
@@ -79,6 +89,20 @@ def test_on_the_induction_toy_each_point_is_a_circuit_only_measurement(toy):
     by_abs = [abs(s) for _, s in ranking.top(len(curve.ranking), by_magnitude=True)]
     assert by_abs == sorted(by_abs, reverse=True)  # ranked by |score|, as MIB does
     assert "cpr: " in curve.to_text() and "f[100.0% = 110]: 1" in curve.to_text()
+
+
+def test_an_edge_curve_costs_one_patched_forward_per_distinct_size_whatever_the_size(toy):
+    """The issue's goal: 10 budgets, one forward each (sizes repeated below 1% share one), edges
+    included, from one edge up to the whole graph of 110: here sizes 0, 1, 2, 5, 11, 22, 55, 110."""
+    from pytest_circuits import Patcher, attribute
+
+    model, pairs = toy
+    patcher = Patcher(model, pairs)
+    patcher.circuit_only("L0H1 -> L1H1.k")  # the cached runs and the senders' writes, once per patcher
+    before = patcher.forward_passes
+    curve = faithfulness_curve(patcher, attribute(model, pairs, "edges"))
+    assert curve.sizes == (0, 0, 0, 1, 2, 5, 11, 22, 55, 110)
+    assert patcher.forward_passes - before == len(set(curve.sizes)) == 8
 
 
 def test_cpr_and_cmd_claims(toy):

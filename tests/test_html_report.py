@@ -120,6 +120,10 @@ def test_every_claim_is_a_row_with_its_verdict_score_interval_threshold_and_spre
     assert [("FAILS" in row) for row in rows[:4]] == [False, False, False, True]
     assert "snapshot changed" in rows[1] and "snapshot changed" not in rows[0]
     assert "measured" in rows[4] and "CPR" in rows[4]
+    curve = measured["faithfulness"]  # its spread: each prompt's own CPR (they average to the CPR)
+    assert sum(curve.per_prompt) / len(curve.per_prompt) == pytest.approx(curve.cpr) and len(set(curve.per_prompt)) > 1
+    low, high = min(curve.per_prompt), max(curve.per_prompt)
+    assert re.search(rf"{low:.3f} / [-0-9.]+ / {high:.3f}", rows[4])
     for key in ("model", "checkpoints", "backends", "versions", torch.__version__):
         assert html.escape(key) in text
 
@@ -257,6 +261,15 @@ def test_an_interrupted_write_leaves_the_last_good_page_and_no_temporary(measure
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["circuits.html"]
 
 
+def test_report_html_writes_the_page_from_a_notebook(measured, tmp_path):
+    from pytest_circuits import report
+
+    path = report.html(page_items(measured), tmp_path / "notebook.html", title="from a notebook")
+    written = write_html(tmp_path / "same.html", page_items(measured), title="from a notebook")
+    when = re.compile(r"written \S+ \S+ UTC")
+    assert when.sub("", path.read_text()) == when.sub("", written.read_text())
+
+
 def test_an_unknown_item_is_an_error_that_says_what_is_shown(tmp_path):
     with pytest.raises(TypeError, match="cannot show int in the HTML report"):
         write_html(tmp_path / "page.html", [42])
@@ -330,6 +343,42 @@ def test_the_page_renders_in_chromium_without_console_errors(page, tmp_path):
     assert not console_errors(stderr), console_errors(stderr)
     assert '<table class="claims">' in dom and dom.count("<svg") >= 5  # heatmap, two curves, two circuits
     assert 'class="cell"' in dom and "L1H1: damage" in dom
+    # laid out and shown, not only in the DOM: the table and every heatmap cell have a box on the page
+    assert visibility(page, tmp_path) == {"table": "visible", "cells": str(len(measured_cells(page))), "hidden cells": "0"}
+
+
+# What the page shows once laid out: a copy of it with a script (the page itself has none) that
+# writes what it finds into the DOM Chromium dumps.
+VISIBILITY_PROBE = """<script>
+const shown = el => { const box = el.getBoundingClientRect(), style = getComputedStyle(el);
+  return box.width > 0 && box.height > 0 && style.visibility !== "hidden" && Number(style.opacity) > 0; };
+const table = document.querySelector("table.claims"), cells = [...document.querySelectorAll("rect.cell")];
+document.body.setAttribute("data-probe", JSON.stringify({table: table && shown(table) ? "visible" : "hidden",
+  cells: String(cells.filter(shown).length), "hidden cells": String(cells.filter(c => !shown(c)).length)}));
+</script>"""
+
+
+def visibility(page: Path, tmp_path: Path, extra: str = "") -> dict:
+    import json
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", extra + VISIBILITY_PROBE + "</body>"))
+    code, dom, stderr = chromium("--virtual-time-budget=2000", "--window-size=1200,1600", "--dump-dom", probe.as_uri(), tmp_path=tmp_path)
+    assert code == 0, stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def measured_cells(page: Path) -> list:
+    return re.findall(r'<rect class="cell"', page.read_text())
+
+
+@needs_chromium
+def test_the_visibility_probe_sees_a_hidden_table_and_heatmap(page, tmp_path):
+    """The check above can fail: the same page with the table and the heatmap hidden by CSS."""
+    hidden = visibility(page, tmp_path, "<style>table.claims, svg:has(rect.cell) { display: none }</style>")
+    assert hidden == {"table": "hidden", "cells": "0", "hidden cells": str(len(measured_cells(page)))}
 
 
 if __name__ == "__main__":  # rebuild docs/report-example.png: python tests/test_html_report.py

@@ -106,6 +106,30 @@ def test_a_folder_whose_own_ini_file_would_be_ignored_is_refused_before_anything
     run(pytester, "tests").assert_outcomes(passed=1)  # folders without such settings run as before
 
 
+def test_a_checkpoint_folder_written_after_a_space_is_refused_saying_to_write_it_with_an_equals_sign(pytester):
+    """Item 1 as the issue ran it: `pytest examples/test_x.py --circuits-checkpoint toy:induction
+    --circuits-checkpoint ./damaged`. pytest chooses its ini file before it knows the plugin's
+    options, so `./damaged` counts as a test path, the rootdir moves up and `examples/pytest.ini`
+    is not read; the refusal names the value and the form that works, which then runs."""
+    from pytest_circuits.toys import induction
+
+    pytester.makeini("[pytest]\n")
+    examples = pytester.mkdir("examples")
+    (examples / "pytest.ini").write_text("[pytest]\ncircuits_model = toy:induction\n")
+    (examples / "test_claims.py").write_text("def test_claim(circuits):\n    circuits.assert_sufficient('L1H1', 0.8)\n")
+    induction.save_checkpoint(pytester.path / "damaged", ["L0H1"])
+    target = "examples/test_claims.py"
+
+    result = run(pytester, target, "--circuits-checkpoint", "toy:induction", "--circuits-checkpoint", "./damaged")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*examples/pytest.ini sets circuits_model*pytest took `./damaged` (after `--circuits-checkpoint`) for a test path*"
+         "write `--circuits-checkpoint=./damaged`."]
+    )
+    run(pytester, target, "--circuits-checkpoint=toy:induction", "--circuits-checkpoint=./damaged").assert_outcomes(passed=2)
+
+
 def test_the_repository_refuses_pytest_tests_examples_from_its_root():
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "tests/test_lazy_import.py", "examples"],

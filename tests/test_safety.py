@@ -26,8 +26,8 @@ def run(pytester, *args):
 
 
 def stored(pytester) -> dict:
-    """Every snapshot file and the report, as bytes."""
-    files = [p for p in pytester.path.rglob("__snapshots__/**/*") if p.is_file()] + [pytester.path / "report.json"]
+    """Every snapshot file, the report and the page, as bytes."""
+    files = [p for p in pytester.path.rglob("__snapshots__/**/*") if p.is_file()] + [pytester.path / "report.json", pytester.path / "page.html"]
     return {p.relative_to(pytester.path).as_posix(): p.read_bytes() for p in files if p.exists()}
 
 
@@ -114,8 +114,9 @@ def test_c(circuits, circuit_snapshot):
 def _good_run(pytester) -> dict:
     """The last good run: every snapshot and a full report; then test_b's numbers "move"."""
     pytester.makepyfile(test_claims=INTERRUPTED)
-    run(pytester, "--snapshot-update", "--circuits-report", "report.json").assert_outcomes(passed=3)
+    run(pytester, "--snapshot-update", "--circuits-report", "report.json", "--circuits-html=page.html").assert_outcomes(passed=3)
     assert len(json.loads((pytester.path / "report.json").read_text())["claims"]) == 3
+    assert (pytester.path / "page.html").read_text().count("<tr>") >= 3  # the page of the last good run
     moved(pytester, "test_b")
     return stored(pytester)
 
@@ -126,7 +127,7 @@ def test_an_interrupted_update_deletes_rewrites_and_replaces_nothing(pytester, s
     marker = pytester.path / "marker"
     log = (pytester.path / "log.txt").open("w")
     env = {**os.environ, "CIRCUITS_TEST_MARKER": str(marker)}
-    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--snapshot-update", "--circuits-report", "report.json"]
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--snapshot-update", "--circuits-report", "report.json", "--circuits-html=page.html"]
     child = subprocess.Popen(args, cwd=pytester.path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
@@ -151,7 +152,7 @@ def test_an_interrupted_update_deletes_rewrites_and_replaces_nothing(pytester, s
 def test_a_run_stopped_by_a_failure_keeps_the_snapshots_and_the_report_of_the_tests_it_skipped(pytester):
     before = _good_run(pytester)
     pytester.makepyfile(test_claims=INTERRUPTED.replace('assert_sufficient("L0H0", 0.9', 'assert_necessary("L0H0", 0.5', 1))  # test_a now fails
-    result = run(pytester, "-x", "--snapshot-update", "--circuits-report", "report.json")
+    result = run(pytester, "-x", "--snapshot-update", "--circuits-report", "report.json", "--circuits-html=page.html")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*circuit report NOT written: the run stopped before 2 test(s) ran to the end*"])
     assert stored(pytester) == before

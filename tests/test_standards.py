@@ -49,6 +49,10 @@ def test_the_p_value_is_the_share_of_random_circuits_at_least_as_good(ind):
     scores = [patcher.circuit_only(f).score for f in _replay(patcher, "L0H1 L1H1", len(result.random_scores), seed=3)]
     assert result.random_scores == pytest.approx(tuple(scores), abs=1e-12)  # seeded: the same circuits again
     assert result.p_value == (1 + sum(s >= result.observed for s in scores)) / (1 + len(scores))
+    ordered, n = sorted(scores), len(scores)  # the quantiles reported: order statistics of the draws
+    assert result.quantiles == {0.05: ordered[int(0.05 * n)], 0.5: ordered[n // 2], 0.95: ordered[int(0.95 * n)]}
+    again = random_baseline(patcher, "L0H1 L1H1", max_samples=40, alpha=0.05, seed=3)
+    assert again.random_scores == result.random_scores and again.p_value == result.p_value  # reproducible
 
 
 def _replay(patcher, circuit, n, seed):
@@ -111,6 +115,20 @@ def test_self_repair_is_direct_minus_total_effect(ind):
     assert dict((n, d) for n, d, _ in result.effects)["L0H1"] == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(CircuitError, match="a single neuron is not an edge sender"):
         self_repair(patcher, "L1N3")
+
+
+def test_self_repair_by_hand_on_the_or_gate_toy(orgate):
+    """toy:redundant's docstring gives every number: the unembedding reads only the gate's slots
+    (+3 per name) and the negative head's (-1), so L0H0 and L0H1 have no direct effect, and noised
+    alone either is backed up by the other (damage 0); L0H2 acts only directly (damage -0.5), MLP0
+    only directly (damage 1.5, the gate off: m = -1 against clean 2)."""
+    _, _, patcher = orgate
+    result = self_repair(patcher, "L0H0 L0H1 L0H2 MLP0")
+    expected = {"L0H0": (0.0, 0.0), "L0H1": (0.0, 0.0), "L0H2": (-0.5, -0.5), "MLP0": (1.5, 1.5)}
+    assert {name: (direct, total) for name, direct, total in result.effects} == {
+        name: (pytest.approx(d, abs=1e-5), pytest.approx(t, abs=1e-5)) for name, (d, t) in expected.items()
+    }
+    assert all(abs(result.of(name)) < 1e-5 for name in expected) and "no self-repair" in str(result)
 
 
 def test_diagnose_reports_self_repair_apart_from_the_compensation_ratio(ind):
