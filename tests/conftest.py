@@ -34,7 +34,8 @@ def pairs():
 def warm_imports():
     """In-process pytester drops modules an inner run imported first, which breaks transformers'
     lazy imports (and pyarrow's one-time registrations) in the next run; importing them here, in
-    the outer session, keeps them for every run. Tests that run pytester sessions request it."""
+    the outer session, keeps them for every run. Every test that runs pytester sessions gets it
+    (``inner_sessions_are_not_xdist_workers``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     import pytest_circuits.session  # noqa: F401  the engine and its metric registry: an inner run that
@@ -55,5 +56,6 @@ def inner_sessions_are_not_xdist_workers(request, monkeypatch):
     that does not exist). Each inner session starts from the environment of a plain run; its own
     ``-n`` workers set their variables afresh."""
     if "pytester" in request.fixturenames:
+        request.getfixturevalue("warm_imports")
         for name in XDIST_WORKER_VARIABLES:
             monkeypatch.delenv(name, raising=False)
