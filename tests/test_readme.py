@@ -139,11 +139,12 @@ def test_the_first_claim_and_the_path_claims_run_as_written(pytester):
     paths = block_with('circuits.assert_sufficient("embed@Nobel')
     body = "".join(f"    {line}\n" for line in paths.strip().splitlines())
     pytester.makepyfile(test_paths=f'import pytest\n\n@pytest.mark.circuit_model("toy:nobel")\ndef test_paths(circuits):\n{body}')
-    first = pytester.runpytest("-p", "no:cacheprovider")
+    # in subprocesses: three in-process sessions loading models depend on what the worker imported before
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rf")
     first.assert_outcomes(passed=1, failed=1)  # no snapshot yet, as the README says
-    assert "test_first.py::test_induction_circuit_recovers" in "".join(r.nodeid for r in first.reprec.getfailures())
-    pytester.runpytest("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=2)
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    assert "FAILED test_first.py::test_induction_circuit_recovers" in first.stdout.str()
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=2)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_every_file_the_readme_and_docs_link_is_in_the_repository():
