@@ -152,8 +152,7 @@ def write_json(path: Path, rows: Iterable[ClaimRow], meta: dict) -> Path:
 
 def html(results: Iterable, path, **options) -> Path:
     """The page ``--circuits-html`` writes, from a notebook: ``report.html([claim, sweep, curve,
-    ...], "circuits.html")`` (``html_report.write_html`` with the arguments the other way round,
-    as the issue that asked for it wrote them)."""
+    ...], "circuits.html")`` (``html_report.write_html``, results first)."""
     from .html_report import write_html  # the page's module loads only when a page is written
 
     return write_html(path, results, **options)

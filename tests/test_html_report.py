@@ -382,13 +382,23 @@ def test_the_visibility_probe_sees_a_hidden_table_and_heatmap(page, tmp_path):
 
 
 if __name__ == "__main__":  # rebuild docs/report-example.png: python tests/test_html_report.py
-    import pathlib
+    # the page of the README's showcase command with --circuits-html added, as the README suggests:
+    # the toy and its damaged copy, in a copy of examples/ (the run writes ./damaged, never snapshots)
+    import sys
 
-    folder = pathlib.Path(tempfile.mkdtemp())
-    example = write_html(folder / "circuits.html", page_items(example_items()), title="pytest-circuits: examples", meta=META)
-    target = pathlib.Path(__file__).resolve().parent.parent / "docs" / "report-example.png"
-    code, _, stderr = chromium(f"--screenshot={target}", "--window-size=1200,2580", example.as_uri(), tmp_path=folder)
-    print(example, target, "exit", code)
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(root / "examples", folder / "examples")
+    subprocess.run([sys.executable, "-c", "from pytest_circuits.toys import induction; induction.save_checkpoint('damaged', ['L0H1'])"], cwd=folder, check=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "examples/test_induction_circuit.py", "-p", "no:cacheprovider", "--circuits-checkpoint=toy:induction",
+         "--circuits-checkpoint=./damaged", "--circuits-html=circuits.html"],
+        cwd=folder, capture_output=True, text=True,
+    )
+    print(run.stdout.splitlines()[-1])
+    target = root / "docs" / "report-example.png"
+    code, _, stderr = chromium(f"--screenshot={target}", "--window-size=1200,3000", (folder / "circuits.html").as_uri(), tmp_path=folder)
+    print(folder / "circuits.html", target, "exit", code)
 
 
 def test_a_per_position_head_sweep_is_drawn_one_row_per_head():
