@@ -51,6 +51,16 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 
+def refuse_neuron_receivers(architecture: str, name: str, problem: str, by: str = "") -> None:
+    """The refusal of edges into single neurons, in the same words on every backend (``by``: which
+    backend refuses, where several can patch one model)."""
+    raise BackendError(
+        f"{architecture} model {name!r}: edges into single neurons (L{{l}}N{{n}} receivers) are not supported{by}: "
+        f"{problem}. Edges into a whole MLP (MLP{{l}}), into heads and into the logits work, and so do node circuits "
+        "with neurons."
+    )
+
+
 class Backend(Protocol):
     """One adapter per model family; the only place that knows hook names."""
 

@@ -17,8 +17,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 
 from ..nodes import ModelShape
-from .base import BackendError, Patch, Site
-from .hf_layout import Layout, Point, _close, attention_write_point, find_layout
+from .base import BackendError, Patch, Site, _close
+from .hf_layout import Layout, Point, attention_write_point, find_layout
 from .hf_receivers import RECEIVER_INPUTS, Op, ReceiverInputs
 
 Handler = Callable[[torch.Tensor], torch.Tensor]

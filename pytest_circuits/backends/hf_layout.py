@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .base import BackendError, Site, _close
+from .base import BackendError, Site
 
 ATTENTION = ("self_attn", "attn", "attention", "self_attention")
 OUT_PROJ = ("o_proj", "c_proj", "dense", "out_proj")

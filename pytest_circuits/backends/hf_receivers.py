@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import BackendError, Site
-from .hf_layout import Point, _close, head_projection, out_weight
+from .base import BackendError, Site, _close, refuse_neuron_receivers
+from .hf_layout import Point, head_projection, out_weight
 
 RECEIVER_INPUTS = ("q_input", "k_input", "v_input", "mlp_in")
 Op = Callable[[torch.Tensor], torch.Tensor]  # one site's work on the value at its point, [batch, pos, ...]
@@ -144,11 +144,7 @@ class ReceiverInputs:
         checked against the model's own activations on the probe forward."""
         self.check_edges()
         if self._neuron_problem:
-            raise BackendError(
-                f"{self.architecture} model {self.name!r}: edges into single neurons (L{{l}}N{{n}} receivers) are not "
-                f"supported by the {self.kind} backend: {self._neuron_problem}. Edges into a whole MLP (MLP{{l}}), into heads "
-                "and into the logits work, and so do node circuits with neurons."
-            )
+            refuse_neuron_receivers(self.architecture, self.name, self._neuron_problem, by=f" by the {self.kind} backend")
 
     def _find_edge_problem(self) -> Optional[str]:
         if self.layout.receivers is None:

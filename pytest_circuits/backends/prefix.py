@@ -24,7 +24,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from .resume import CACHE, BlockInputs, _Batched, _expand, _fill_cache, _Unsupported, capture_block_inputs
+from .resume import CACHE, _Batched, _expand, _fill_cache, _Unsupported, capture_block_inputs
 
 
 class PrefixCache:

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 
 from ..circuit import ModelShape
-from .base import BackendError, Patch, Site, _close
+from .base import BackendError, Patch, Site, _close, refuse_neuron_receivers
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
 
@@ -206,11 +206,7 @@ class TransformerLensBackend:
         checked against the model's own activations on the probe forward."""
         self.check_edges()
         if self._neuron_problem:
-            raise BackendError(
-                f"{self.architecture} model {self.name!r}: edges into single neurons (L{{l}}N{{n}} receivers) are not "
-                f"supported: {self._neuron_problem}. Edges into a whole MLP (MLP{{l}}), into heads and into the logits work, "
-                "and so do node circuits with neurons."
-            )
+            refuse_neuron_receivers(self.architecture, self.name, self._neuron_problem)
 
     def _no_edges(self, why: str):
         raise BackendError(
