@@ -69,6 +69,21 @@ class Row:
         return pytest.param(self.name, *values, id=f"{self.name}-{id}", marks=tuple(marks) + self.marks())
 
 
+def _hook_row(name: str, backend_class: str, available, make) -> "Row":
+    """A row of a backend that hooks the Hugging Face model's own modules (one architecture map)."""
+    return Row(
+        name,
+        backend_class,
+        available,
+        make,
+        families=HF_ACCEPTED,
+        edge_families=("gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gptj", "opt"),
+        refused=("bloom",),
+        edge_refusal=rf" by the {name} backend: layer 0's attention write is not the sum of its heads' writes",
+        dtypes=("float32",),
+    )
+
+
 ROWS = {
     row.name: row
     for row in (
@@ -80,28 +95,8 @@ ROWS = {
             families=ALL,
             edge_families=("gpt2", "neox", "llama", "mistral", "qwen2", "gemma"),
         ),
-        Row(
-            "hf",
-            "HFBackend",
-            lambda: None,
-            _hf,
-            families=HF_ACCEPTED,
-            edge_families=("gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gptj", "opt"),
-            refused=("bloom",),
-            edge_refusal=r" by the hf backend: layer 0's attention write is not the sum of its heads' writes",
-            dtypes=("float32",),
-        ),
-        Row(
-            "nnsight",
-            "NNsightBackend",
-            _missing("nnsight", "nnsight is not installed (pip install 'pytest-circuits[nnsight]')"),
-            _nnsight,
-            families=HF_ACCEPTED,
-            edge_families=("gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gptj", "opt"),
-            refused=("bloom",),
-            edge_refusal=r" by the nnsight backend: layer 0's attention write is not the sum of its heads' writes",
-            dtypes=("float32",),
-        ),
+        _hook_row("hf", "HFBackend", lambda: None, _hf),
+        _hook_row("nnsight", "NNsightBackend", _missing("nnsight", "nnsight is not installed (pip install 'pytest-circuits[nnsight]')"), _nnsight),
     )
 }
 BRIDGE = "transformer_lens"
