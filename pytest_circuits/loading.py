@@ -178,20 +178,24 @@ def checkpoint_labels(specs) -> dict:
     return {spec: labels[spec] for spec in specs}
 
 
-def check_spec(spec: str, search: Sequence[Path] = ()) -> None:
+def check_spec(spec: str, search: Sequence[Path] = (), import_factory_module: bool = True) -> None:
     """Cheap checks that need no loading: the toy exists, the folder has weights, the factory
     imports (from ``sys.path``, else from the folders in ``search``: the plugin gives the rootdir),
-    the backend a spec names is installed."""
+    the backend a spec names is installed. Without ``import_factory_module`` a factory's module is
+    only found, not run (a pytest-xdist controller, which loads no model, skips its imports)."""
     backend, _, spec = split_backend(spec)
     if backend == "nnsight" and importlib.util.find_spec("nnsight") is None:
         raise ModelSpecError(f"model spec {spec!r} asks for the nnsight backend, which is not installed: pip install 'pytest-circuits[nnsight]'")
     kind = spec_kind(spec)
     if kind == "toy":
-        _toy_module(spec)
+        _toy_name(spec)  # not imported: a toy module imports torch, which the xdist controller never needs
     elif kind == "folder":
         _folder_files(Path(spec).expanduser(), spec)
     elif kind == "factory":
-        import_factory(spec, search=search)
+        if import_factory_module:
+            import_factory(spec, search=search)
+        else:
+            find_factory_module(spec, search=search)
 
 
 def load_model(
@@ -315,13 +319,19 @@ def quiet_progress_bars():
             enable_progress_bars()
 
 
-def _toy_module(spec: str):
+def _toy_name(spec: str) -> str:
     from . import toys
 
     name = spec[len(TOY_PREFIX) :]
     if name not in toys.NAMES:
         raise ModelSpecError(f"unknown toy {name!r} in model spec {spec!r}; shipped toys: {', '.join(toys.NAMES)}")
-    return importlib.import_module(f"{toys.__name__}.{name}")
+    return name
+
+
+def _toy_module(spec: str):
+    from . import toys
+
+    return importlib.import_module(f"{toys.__name__}.{_toy_name(spec)}")
 
 
 def import_factory(spec: str, what: Optional[str] = "model spec", search: Sequence[Path] = ()):
@@ -350,6 +360,59 @@ def import_factory(spec: str, what: Optional[str] = "model spec", search: Sequen
     if not callable(factory):
         raise ModelSpecError(f"{prefix}module {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def find_factory_module(spec: str, what: Optional[str] = "model spec", search: Sequence[Path] = ()) -> None:
+    """Check ``package.module:name`` without running the module where its source shows ``name``
+    defined at top level (a def, class, assignment or import); anything else is imported, as
+    ``import_factory`` does, so an error reads the same."""
+    module_name, _, attr = spec.partition(":")
+    source = _module_source(module_name, search)
+    if source is not None and attr in _top_level_names(source):
+        return
+    import_factory(spec, what, search)
+
+
+def _module_source(name: str, search: Sequence[Path]) -> Optional[Path]:
+    """The ``.py`` file of module ``name``, found on ``sys.path`` or in ``search`` without importing
+    anything; None where it is not a plain source file."""
+    top, *rest = name.split(".")
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    roots = [Path(found.origin)] if found is not None and found.origin and found.origin.endswith(".py") else []
+    roots += [Path(folder) / f"{top}.py" for folder in search] + [Path(folder) / top / "__init__.py" for folder in search]
+    for root in roots:
+        if not root.is_file():
+            continue
+        if not rest:
+            return root
+        if root.name == "__init__.py":
+            below = root.parent.joinpath(*rest)
+            for candidate in (below.with_suffix(".py"), below / "__init__.py"):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _top_level_names(source: Path) -> set:
+    import ast
+
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return set()
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
 
 
 def _import_module(name: str, search: Sequence[Path]):

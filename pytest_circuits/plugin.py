@@ -30,7 +30,7 @@ from .errors import InputError
 from .listeners import add_claim_listener, remove_claim_listener
 from .files import remove_stale_temporaries
 from .ini_files import unread_settings, values_taken_for_paths
-from .loading import ModelSpecError, check_spec, checkpoint_labels, import_factory, toy_of
+from .loading import ModelSpecError, check_spec, checkpoint_labels, find_factory_module, import_factory, toy_of
 from .prompt_paths import PromptPathError, prompt_file
 from .report import ClaimRow, backends, table, title, write_json
 from .xdist_groups import mark_groups, suffix_group_ids, without_group
@@ -176,12 +176,16 @@ class CircuitsState:
                 self.backend = "nnsight"  # remote execution is nnsight's
             self.allow_pickle = _flag(_setting(config, "circuits_allow_pickle", "false"), "--circuits-allow-pickle")
             self.checkpoints = list(config.getoption("circuits_checkpoints") or config.getini("circuits_checkpoints") or [])
+            # A pytest-xdist controller loads no model: it finds the factories' modules but leaves
+            # running them (torch, the user's imports) to the workers, whose start it would slow.
+            light = _xdist_controller(config)
             for spec in [self.model_spec, *self.checkpoints]:
                 if spec is not None and not self.custom_loader:
-                    check_spec(spec, self.search)  # with a loader hook, any text may be its spec (lab:x)
+                    # with a loader hook, any text may be its spec (lab:x)
+                    check_spec(spec, self.search, import_factory_module=not light)
             self.checkpoint_labels = checkpoint_labels(self.checkpoints)
             if self.prompt_source is not None:
-                _check_prompt_source(self.prompt_source, self.root)
+                _check_prompt_source(self.prompt_source, self.root, import_factory_module=not light)
             self.report_path = _report_path(_setting(config, "circuits_report"), "--circuits-report", "circuits.json")
             self.html_path = _report_path(_setting(config, "circuits_html"), "--circuits-html", "circuits.html")
         except (ModelSpecError, PromptPathError) as error:
@@ -496,13 +500,13 @@ def _report_path(value, option: str = "--circuits-report", example: str = "circu
 
 
 # -- prompt sources ----------------------------------------------------------------------------
-def _check_prompt_source(source: str, root: Path) -> None:
+def _check_prompt_source(source: str, root: Path, import_factory_module: bool = True) -> None:
     if source.endswith(".jsonl"):
         prompt_file(source, root)  # relative to the rootdir (prompt_paths says why)
     elif source.startswith("toy:"):
         check_spec(source)
     elif ":" in source:
-        import_factory(source, "prompt source", search=(root,))
+        (import_factory if import_factory_module else find_factory_module)(source, "prompt source", search=(root,))
     else:
         raise ModelSpecError(f"prompt source {source!r} is not a .jsonl path, pkg.mod:factory or toy:NAME")
 
@@ -556,6 +560,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 # -- pytest-xdist ----------------------------------------------------------------------------------
+def _xdist_controller(config) -> bool:
+    """This process hands tests to pytest-xdist workers (``-n N``, N > 0) and runs none itself."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", None))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config):
     """``-n`` without ``--dist``: ``loadgroup``, so each (model, prompts) is loaded and run clean and

@@ -92,6 +92,56 @@ def test_a_run_without_circuit_fixtures_imports_nothing_heavy(pytester, args):
     assert not [name for name in modules if name.startswith("pytest_circuits.") and name.split(".")[1] in ENGINE]
 
 
+
+def test_collecting_claims_on_toy_checkpoints_imports_nothing_heavy(pytester):
+    """The spec checks at start-up read names only: under pytest-xdist the controller runs them and
+    never loads a model, so importing torch there only slows the workers' start."""
+    pytester.makeconftest(MODULES_AT_EXIT)
+    pytester.makepyfile(test_claims=CLAIMS)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--co", "-q", "--circuits-model", TOY, "--circuits-checkpoint", "toy:induction", "--circuits-checkpoint", TOY
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_positive_heads_recover*toy:induction*"])
+    assert heavy_in(child_modules(pytester), ("torch", "transformers", "transformer_lens")) == []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--co", "--circuits-model", "toy:nosuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown toy 'nosuch'*shipped toys: induction, redundant, nobel*"])
+
+
+CONTROLLER_MODULES = """
+import json, os, sys
+from pathlib import Path
+
+def pytest_unconfigure(config):
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        Path("controller.json").write_text(json.dumps(sorted(sys.modules)))
+"""
+
+FACTORIES = """
+import torch  # what a real factory module imports
+
+from pytest_circuits.toys import redundant
+
+
+def model():
+    return redundant.load()
+"""
+
+
+def test_the_xdist_controller_finds_factories_without_running_them(pytester):
+    """It loads no model, so it reads the factory's source for the name instead of importing the
+    module (torch and all); a name that is not there is still refused at start-up, cleanly."""
+    pytester.makeconftest(CONTROLLER_MODULES)
+    pytester.makepyfile(factories=FACTORIES, test_claims=CLAIMS)
+    pytester.makeini("[pytest]\npythonpath = .\ncircuits_prompts = toy:redundant\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--circuits-model", "factories:model")
+    result.assert_outcomes(passed=2)
+    assert heavy_in(json.loads((pytester.path / "controller.json").read_text()), ("torch", "transformers", "transformer_lens")) == []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--circuits-model", "factories:modle")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*model spec 'factories:modle': module 'factories' has no callable 'modle'*"])
+
 def test_bad_options_left_light_are_still_refused_at_startup(pytester):
     pytester.makepyfile(test_trivial=TRIVIAL)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--circuits-rtol", "nan")

@@ -441,6 +441,49 @@ def test_checkpoints_rerun_the_example_claims_and_show_what_moved(pytester):
     assert {p: p.read_bytes() for p in (pytester.path / "__snapshots__").rglob("*.txt")} == snapshots
 
 
+
+MODEL_FACTORIES = """
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pytest_circuits import PromptPairs
+from pytest_circuits.loading import bridge_from_hf
+
+
+def _model(layers):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_head=2, n_embd=16, vocab_size=20, n_positions=16)
+    return bridge_from_hf(GPT2LMHeadModel(config).eval(), tokenizer=None, model_name=f"layers-{layers}")
+
+
+def one_layer():
+    return _model(1)
+
+
+def two_layers():
+    return _model(2)
+
+
+def pairs(model):
+    # answers that depend on the model it is given: its layer count
+    return PromptPairs([[1, 2, 3]], [[1, 4, 3]], [(model.cfg.n_layers, 9)])
+"""
+
+
+def test_a_prompt_factory_is_called_with_each_checkpoint_not_the_first_one_loaded(pytester):
+    """Two checkpoints without a tokenizer: the pairs a factory built from the first model were
+    once reused for the second (the cache was keyed by tokenizer), silently."""
+    pytester.makepyfile(checkpoint_factories=MODEL_FACTORIES)
+    pytester.makeini("[pytest]\ncircuits_prompts = checkpoint_factories:pairs\npythonpath = .\n")
+    pytester.makepyfile(
+        test_answers="""
+        def test_answers_come_from_this_checkpoint(circuits):
+            assert circuits.pairs.answers[0][0][0] == circuits.model.cfg.n_layers
+        """
+    )
+    result = run(pytester, "--circuits-checkpoint", "checkpoint_factories:one_layer", "--circuits-checkpoint", "checkpoint_factories:two_layers")
+    result.assert_outcomes(passed=2)
+
 def test_confidence_reaches_the_table_and_the_report(pytester):
     pytester.makepyfile(
         f"""
