@@ -181,6 +181,13 @@ class Patcher:
         return [(site, mask, values[site]) for site, mask in masks.items()]
 
     # -- values -------------------------------------------------------------------------------
+    def run_behind(self, source: str) -> str:
+        """The unpatched run whose captures ``source`` values are read from (``corrupted``: the
+        corrupt run, or the clean one for zero ablation, whose zeros take its shapes)."""
+        if source != "corrupted":
+            return source
+        return "clean" if self.ablation == "zero" else "corrupt"
+
     def corrupted_values(self, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
         """What each site's nodes carry when corrupted, by ablation."""
         if self.ablation == "zero":

@@ -363,13 +363,8 @@ def taken_path(sweeper, over: str) -> str:
 
 
 def expected_path(family: str, path: str, over: str) -> str:
-    """The path a sweep must take: the forced one, or the family's probed one, except that residual
-    sweeps resume where the suffix path is the cache way (every family but GPT-2: ``Sweeper._suffix_for``)."""
-    if path != "probed":
-        return path
-    if PROBED[family] == "suffix" and over == "resid" and family != "gpt2":
-        return "resume"
-    return PROBED[family]
+    """The path a sweep must take: the forced one, or the family's probed one (for every sweep)."""
+    return PROBED[family] if path == "probed" else path
 
 
 def sweep_params(backend: str):
