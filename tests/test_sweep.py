@@ -192,3 +192,20 @@ def test_sweeps_on_models_without_the_fast_path_run_the_whole_model():
     assert float(result.scores[1, 0]) == pytest.approx(patcher.denoise("L1H0").score, abs=1e-5)
     result = Sweeper(patcher).sweep("resid", "noise")
     assert result.scores.shape == (2, 6)
+
+
+def test_the_suffix_path_swaps_in_a_fused_gelu_only_where_the_values_agree():
+    """GPT-2's written-out ``gelu_new`` is replaced by torch's fused tanh GELU in the suffix path,
+    found by its values: an activation that differs anywhere in -8..8 is kept as it is."""
+    from transformers.activations import GELUActivation, NewGELUActivation
+
+    from pytest_circuits.backends.transformer_lens import _fused_activation
+
+    x = torch.randn(1000, dtype=torch.float64) * 4
+    new_gelu, gelu = NewGELUActivation(), GELUActivation()
+    assert _fused_activation(new_gelu) is not new_gelu and _fused_activation(gelu) is not gelu
+    torch.testing.assert_close(_fused_activation(new_gelu)(x), new_gelu(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(_fused_activation(gelu)(x), gelu(x), rtol=1e-12, atol=1e-12)
+    almost = lambda t: torch.nn.functional.gelu(t, approximate="tanh") + 1e-9 * (t > 7.9)  # noqa: E731
+    relu = torch.nn.ReLU()
+    assert _fused_activation(almost) is almost and _fused_activation(relu) is relu
