@@ -89,11 +89,11 @@ class SessionModels:
 
 def _freeze_long_lived() -> None:
     """Take what exists once a model is loaded (torch's, transformers' and TransformerLens's
-    modules, the model itself: a few million objects, all kept to the end of the session) out of
-    Python's cycle collector (``gc.freeze``). Every full collection walked them again: about 4 s of
-    a 40-claim session on a small model, and seconds more at each process's exit (an xdist worker
-    too). Garbage is collected first, so nothing collectable is frozen; objects made later are
-    collected as usual."""
+    modules, the model itself: about half a million objects, kept to the end of the session anyway)
+    out of Python's cycle collector (``gc.freeze``). Every full collection walked them again, and
+    so did the process's exit (1.6 s, 0.2 s frozen); a 40-claim run on a small model took 14.3 s
+    against 18.5 s without it (one run each). Garbage is collected first, so nothing collectable
+    is frozen; objects made later are collected as usual."""
     gc.collect()
     gc.freeze()
 
