@@ -38,14 +38,8 @@ circuits_checkpoints =
     ./damaged
 """
 
-# 20 claims per checkpoint: 16 single-head measurements, the circuit's recovery and minimality, a
-# head sweep and a circuit-only measurement.
-CLAIMS = '''
-import pytest
-
-HEADS = [f"L{layer}H{head}" for layer in range(2) for head in range(4)]
-
-
+# the single-head claims both suites make, on the heads each suite names in HEADS
+ONE_HEAD_CLAIMS = """
 @pytest.mark.parametrize("head", HEADS)
 def test_denoising_one_head(circuits, head):
     circuits.denoise(head)
@@ -54,6 +48,16 @@ def test_denoising_one_head(circuits, head):
 @pytest.mark.parametrize("head", HEADS)
 def test_noising_one_head(circuits, head):
     circuits.noise(head)
+"""
+
+# 20 claims per checkpoint: 16 single-head measurements, the circuit's recovery and minimality, a
+# head sweep and a circuit-only measurement.
+CLAIMS = '''
+import pytest
+
+HEADS = [f"L{layer}H{head}" for layer in range(2) for head in range(4)]
+
+''' + ONE_HEAD_CLAIMS + '''
 
 
 @pytest.mark.circuit("L0H1 L1H1 MLP*")
@@ -124,15 +128,7 @@ import pytest
 
 HEADS = [f"L{layer}H{head}" for layer in range(4) for head in (0, 2)]
 
-
-@pytest.mark.parametrize("head", HEADS)
-def test_denoising_one_head(circuits, head):
-    circuits.denoise(head)
-
-
-@pytest.mark.parametrize("head", HEADS)
-def test_noising_one_head(circuits, head):
-    circuits.noise(head)
+""" + ONE_HEAD_CLAIMS + """
 
 
 def test_head_sweep(circuits):

@@ -190,9 +190,9 @@ class Patcher:
 
     def corrupted_values(self, sites: Iterable[Site]) -> Dict[Site, torch.Tensor]:
         """What each site's nodes carry when corrupted, by ablation."""
+        corrupt = self.activations(self.run_behind("corrupted"), sites)
         if self.ablation == "zero":
-            return {site: torch.zeros_like(act) for site, act in self.activations("clean", sites).items()}
-        corrupt = self.activations("corrupt", sites)
+            return {site: torch.zeros_like(act) for site, act in corrupt.items()}
         if self.ablation == "corrupt":
             return corrupt
         if self.ablation == "resample":

@@ -34,6 +34,7 @@ from .patching import DEFAULT_BUDGET, Patcher, PatchingError, patcher as cached_
 from .results import fixed
 
 OVER = ("heads", "mlps", "neurons", "resid")
+SITE_KIND = {"heads": "head", "neurons": "neuron", "mlps": "mlp", "resid": "resid_pre"}  # the site each sweep patches
 
 
 @dataclass(frozen=True)
@@ -249,9 +250,9 @@ class Sweeper:
     def _prefetch(self, over: str, base: str, source: str) -> None:
         """Every site the sweep reads, asked of each run at once: a site a run has not captured yet
         costs a whole forward of it, so asked for one layer at a time (the source's residual
-        streams, the neurons) they cost a forward per layer (12 of 17 s of a fresh per-position
-        residual sweep of a 12-layer Llama-style model went to them)."""
-        kind = {"heads": "head", "neurons": "neuron", "mlps": "mlp", "resid": "resid_pre"}[over]
+        streams, the neurons) they cost a forward per layer (12 forwards, 4.7 of the 17 s of a fresh
+        per-position residual sweep of a 12-layer Llama-style model)."""
+        kind = SITE_KIND[over]
         sites = [Site(kind, layer) for layer in range(self.shape.n_layers)]
         wanted: dict = {}
         if self._fast or self._resumes_layers():  # the base run's streams, which these paths start from
@@ -321,7 +322,7 @@ class Sweeper:
         at its source value, on ``k`` stacked copies of the base prompts."""
         k = len(configs)
         b, p = self.pairs.clean.shape
-        kind = {"heads": "head", "neurons": "neuron", "mlps": "mlp", "resid": "resid_pre"}[over]
+        kind = SITE_KIND[over]
         site = Site(kind, layer)
         src = self._values(source, [site])[site]
         if over in ("heads", "neurons"):

@@ -61,28 +61,20 @@ def backend_label(model) -> str:
     return f"transformer_lens {installed} {kind}"
 
 
-_FUSED: Dict[int, object] = {}
-
-
 def _fused_activation(act):
     """torch's fused GELU where ``act`` computes the same function, found by its values (float64,
     -8..8), never by its class; else ``act``. GPT-2's written-out ``gelu_new`` is about ten
     elementwise passes over the MLP's width: 40% of a head sweep's time at 32 x 256 tokens. The
     suffix probe then checks the whole path against the model's own forward."""
-    key = id(act)
-    if key not in _FUSED:
-        x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
-        chosen = act
-        try:
-            expected = act(x)
-            for candidate in (lambda t: torch.nn.functional.gelu(t, approximate="tanh"), torch.nn.functional.gelu):
-                if torch.allclose(candidate(x), expected, rtol=1e-12, atol=1e-12):
-                    chosen = candidate
-                    break
-        except Exception:  # noqa: BLE001 - an activation that refuses float64 is used as it is
-            chosen = act
-        _FUSED[key] = (act, chosen)  # the activation is kept so that its id is never reused
-    return _FUSED[key][1]
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    try:
+        expected = act(x)
+    except Exception:  # noqa: BLE001 - an activation that refuses float64 is used as it is
+        return act
+    for candidate in (lambda t: torch.nn.functional.gelu(t, approximate="tanh"), torch.nn.functional.gelu):
+        if torch.allclose(candidate(x), expected, rtol=1e-12, atol=1e-12):
+            return candidate
+    return act
 
 
 def _wrapped(module):
@@ -160,6 +152,7 @@ class TransformerLensBackend:
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
         self.device, self.devices = _devices(model, self.name)  # engine tensors live on self.device
         self.label = backend_label(model)
+        self._activations: Dict[int, object] = {}  # id of an MLP's activation -> what the suffix path runs
         _align_config_dtype(model)
         self.shape = ModelShape(
             n_layers=cfg.n_layers,
@@ -656,7 +649,10 @@ class TransformerLensBackend:
         if patch_z is not None:
             z = patch_z(z)
         x = x + torch.einsum("nphe,hed->npd", z, attn.W_O) + attn.b_O
-        act = _fused_activation(mlp._original_component.act if _wrapped(mlp) is not None else mlp.act_fn)
+        act = mlp._original_component.act if _wrapped(mlp) is not None else mlp.act_fn
+        if id(act) not in self._activations:  # the model keeps ``act`` alive, so its id stays its own
+            self._activations[id(act)] = _fused_activation(act)
+        act = self._activations[id(act)]
         return x + act(ln2(x) @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
 
     # -- sweeps on any architecture: resume at the patched layer --------------------------------
