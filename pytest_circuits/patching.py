@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from .backends import Site, backend_for
+from .backends import Site, backend_for, model_facts
 from .errors import ArgumentError, InputError
 from .circuit import Circuit, CircuitLike, Node
 from .confidence import bootstrap_interval, validate_confidence
@@ -416,8 +416,9 @@ def patcher(model, pairs: PromptPairs, ablation: str = "corrupt", corruption: Op
 
 
 def clear_cache() -> None:
-    """Forget every cached clean/corrupt run."""
+    """Forget every cached clean/corrupt run, and what probes proved about each model (``backends.model_facts``)."""
     _PATCHERS.clear()
+    model_facts.forget()
 
 
 def denoise(

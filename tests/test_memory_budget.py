@@ -73,7 +73,7 @@ def test_a_sweep_lowers_its_patchers_budget_to_its_own_and_measures_the_same():
     sizes = counting(patcher)
     got = Sweeper(patcher, budget_bytes=budget).sweep("heads", "denoise")
     assert patcher.budget_bytes == budget
-    runs_of_the_prompts = [n for n in sizes if n in (2, 3, 5)][1:]  # the first 2 is the backend's probe
+    runs_of_the_prompts = [n for n in sizes if n in (2, 3, 5)]  # no probe: the first Patcher's is recalled (model_facts)
     assert runs_of_the_prompts[:4] == [3, 2, 3, 2], sizes  # clean, then corrupt, three prompts at a time
     assert 5 not in sizes, sizes
     torch.testing.assert_close(got.patched, expected.patched, rtol=0, atol=1e-10)

@@ -23,6 +23,7 @@ import torch
 
 from ..circuit import ModelShape
 from .base import BackendError, Patch, Site, _close, refuse_neuron_receivers
+from .model_facts import proved
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
 
@@ -166,7 +167,7 @@ class TransformerLensBackend:
         self._check_hooks(mlps=not attn_only)
         if not attn_only:
             # the MLP width as the model computes it (cfg.d_mlp can be 4*d_model where the model's is not: OPT)
-            self.shape = replace(self.shape, d_mlp=self._measured_d_mlp())
+            self.shape = replace(self.shape, d_mlp=proved(model, "d_mlp", self._measured_d_mlp))
         self._edge_problem: Optional[str] = None
         self._neuron_problem: Optional[str] = None
         self._suffix_checked: Optional[bool] = None
@@ -214,9 +215,15 @@ class TransformerLensBackend:
         residual stream, the MLP's input) and layers whose output is the sum of their heads' and
         MLP's writes. Both are checked on a probe forward, once per model, not assumed from its class."""
         if self._edge_problem is None:
-            self._edge_problem = self._find_edge_problem() or ""
+            self._edge_problem, self._neuron_problem = proved(self.model, "edges", self._edge_and_neuron_problems)
         if self._edge_problem:
             self._no_edges(self._edge_problem)
+
+    def _edge_and_neuron_problems(self) -> Tuple[str, str]:
+        """Why edges, and why neuron receivers, cannot be patched ("": they can), from one probe."""
+        self._neuron_problem = None
+        edges = self._find_edge_problem() or ""
+        return edges, self._neuron_problem or ""
 
     def check_neuron_receivers(self) -> None:
         """A neuron receiver recomputes that neuron's activation from its own input (``neuron_acts``);
@@ -408,8 +415,12 @@ class TransformerLensBackend:
         (``prefix.py``: the model's own blocks on the suffix, the prefix's keys and values from a
         stand-in cache). A model neither reproduces takes the resume or plain path."""
         if self._suffix_checked is None:  # computed on one device: a split model takes another path
-            self._suffix_checked = len(self.devices) == 1 and self._choose_suffix()
+            self._suffix_checked, self._suffix_way = proved(self.model, "suffix", self._suffix_proved)
         return self._suffix_checked
+
+    def _suffix_proved(self) -> Tuple[bool, Optional[Tuple[str, bool, bool]]]:
+        reproduces = len(self.devices) == 1 and self._choose_suffix()
+        return reproduces, self._suffix_way
 
     def _choose_suffix(self) -> bool:
         ways = [("cache", per_key, every_name) for every_name in (False, True) for per_key in (False, True)]
@@ -663,11 +674,14 @@ class TransformerLensBackend:
         MLP and a residual patch at that layer, reproduces the plain forward's final stream, and that
         ``unembed`` of that stream reproduces its logits. Any other model takes the plain path."""
         if self._resume_checked is None:
-            try:  # computed on one device: a split model takes the plain path
-                self._resume_checked = len(self.devices) == 1 and self._resuming_reproduces_forward()
-            except Exception:  # noqa: BLE001 - a model the shortcut does not understand takes the plain path
-                self._resume_checked = False
+            self._resume_checked = proved(self.model, "resume", self._resume_proved)
         return self._resume_checked
+
+    def _resume_proved(self) -> bool:
+        try:  # computed on one device: a split model takes the plain path
+            return len(self.devices) == 1 and self._resuming_reproduces_forward()
+        except Exception:  # noqa: BLE001 - a model the shortcut does not understand takes the plain path
+            return False
 
     def block_inputs(self, tokens: torch.Tensor) -> Optional[BlockInputs]:
         """What every block receives besides the stream in a forward over ``tokens`` (see ``resume``)."""
