@@ -65,6 +65,7 @@ class Patcher:
         self._edge_patcher: Optional[EdgePatcher] = None
         self.forward_passes = 0  # unpatched + patched forwards run so far, for tests and benchmarks
         self.budget_bytes = DEFAULT_BUDGET  # memory one unpatched forward may hold (a Sweeper lowers it to its own)
+        self.sweep_inputs: dict = {}  # what sweeps' shortcuts captured from these runs' prompts (sweeps.Sweeper)
 
     # -- public questions ---------------------------------------------------------------------
     def denoise(self, circuit: CircuitLike, *, metric="logit_diff", confidence: Optional[float] = None) -> PatchResult:

@@ -56,7 +56,7 @@ def sweep(model, pairs, plain: bool = False):
 
 def use_everything(model, pairs) -> None:
     patcher = Patcher(model, pairs)
-    patcher.backend.resumes_suffix, patcher.backend.resumes_layers
+    assert {patcher.backend.resumes_suffix, patcher.backend.resumes_layers} <= {True, False}
     with contextlib.suppress(BackendError):  # an answer too: this model cannot be path patched
         patcher.backend.check_edges()
 
@@ -112,9 +112,7 @@ def train_mode(hf, model):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_a_changed_model_is_probed_again_and_sweeps_right(family, change, probes):
     """After the change a new Patcher probes again, and the sweep it gives equals the plain
-    forward's. A hook that scales a stream makes every shortcut refuse; with the answer proven
-    before the hook (the store's signature check switched off) the suffix path was 0.43 (GPT-2) and
-    0.16 (Llama) off on this sweep."""
+    forward's (a hook left on a hook point: the plain path, see below)."""
     hf, model, pairs = model_and_pairs(family)
     sweep(model, pairs)
     before = probes["_choose_suffix"]
@@ -127,15 +125,103 @@ def test_a_changed_model_is_probed_again_and_sweeps_right(family, change, probes
         assert path == "plain"
 
 
+def swap_hook(hf, model):
+    """A hook on a module that is not a hook point, replaced by another: known by its handle."""
+    model.blocks[1].mlp._test_handle.remove()
+    model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out * 1.5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_swapped_hook_is_a_change(family, probes):
+    hf, model, pairs = model_and_pairs(family)
+    model.blocks[1].mlp._test_handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out)
+    sweep(model, pairs)
+    before = probes["_choose_suffix"]
+    swap_hook(hf, model)
+    _, got = sweep(model, pairs)
+    assert probes["_choose_suffix"] == before + 1
+    _, plain = sweep(model, pairs, plain=True)
+    torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hook_left_on_a_hook_point_takes_the_plain_path(probes):
+    """A hook that changes only positions the probe never sees (it runs 5): with it left on the
+    model, every sweep takes the plain path, so its effect is in every number."""
+    hf, model, pairs = model_and_pairs("gpt2")
+    pairs = behaving_pairs(model, random_pairs(n=3, seq=12, vocab=50))
+
+    def later_positions(act, hook):
+        act = act.clone()
+        act[:, 6:] = act[:, 6:] * 1.5
+        return act
+
+    model.blocks[1].hook_resid_pre.add_hook(later_positions)
+    path, got = sweep(model, pairs)
+    assert path == "plain"
+    _, plain = sweep(model, pairs, plain=True)
+    torch.testing.assert_close(got, plain, rtol=0, atol=0)
+    model.blocks[1].hook_resid_pre.remove_hooks()
+    assert sweep(model, pairs)[0] == "suffix"
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Linear(2, 2)
+        self.register_buffer("mask", torch.ones(3, dtype=torch.bool))
+        self._switch = False
+
+
+def mutations():
+    def swap(tiny):
+        tiny.inner._forward_hooks.clear()
+        tiny.inner.register_forward_hook(lambda *a: None)
+
+    return {
+        "a new hook": lambda tiny: tiny.inner.register_forward_hook(lambda *a: None),
+        "a swapped hook": swap,
+        "a private switch": lambda tiny: setattr(tiny, "_switch", True),
+        "a mask edited in place": lambda tiny: tiny.mask.__setitem__(0, False),
+        "a module replaced": lambda tiny: setattr(tiny, "inner", torch.nn.Linear(2, 2)),
+        "a function set on a module": lambda tiny: setattr(tiny.inner, "forward", lambda x: x),
+        "an unregistered module's hook": lambda tiny: tiny.held.register_forward_pre_hook(lambda *a: None),
+    }
+
+
+@pytest.mark.parametrize("name", list(mutations()))
+def test_the_signature_sees(name):
+    tiny = Tiny()
+    object.__setattr__(tiny, "held", torch.nn.Linear(2, 2))  # held, not registered (as a bridge holds its HF model)
+    tiny.inner.register_forward_hook(lambda *a: None)
+    before = model_facts.signature(tiny)
+    assert model_facts.signature(tiny) == before
+    mutations()[name](tiny)
+    assert model_facts.signature(tiny) != before
+
+
+def test_the_signature_sees_torch_global_hooks():
+    tiny = Tiny()
+    before = model_facts.signature(tiny)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert model_facts.signature(tiny) != before
+    finally:
+        handle.remove()
+    assert model_facts.signature(tiny) == before
+
+
 def test_a_stale_answer_would_be_wrong(probes, monkeypatch):
-    """The check above can fail: kept across the hook, the suffix path's answer gives wrong numbers."""
+    """The checks above can fail: with the signature check switched off, the answer proven with an
+    identity hook on an MLP is kept after it is swapped for one that scales, and the suffix path
+    (GPT-2's written-out blocks, which read the weights, not the module) gives wrong numbers."""
     hf, model, pairs = model_and_pairs("gpt2")
     monkeypatch.setattr(model_facts, "signature", lambda model: "always the same")
+    model.blocks[1].mlp._test_handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out)
     sweep(model, pairs)
-    add_hook(hf, model)
+    swap_hook(hf, model)
     path, got = sweep(model, pairs)
     _, plain = sweep(model, pairs, plain=True)
-    assert path == "suffix" and float((got - plain).abs().max()) > 0.1
+    assert path == "suffix" and float((got - plain).abs().max()) > 0.1, float((got - plain).abs().max())
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

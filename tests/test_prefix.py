@@ -167,3 +167,29 @@ def test_a_sweep_runs_each_unpatched_prompt_set_once(family, over, per_position,
     patcher = Patcher(bridge(family), random_pairs(n=3, seq=8, lengths=[8, 6, 7]))
     Sweeper(patcher, budget_bytes=200_000).sweep(over, mode, per_position=per_position)
     assert patcher.forward_passes == 2  # the clean run and the corrupt run, each once
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_patchers_later_sweeps_reuse_what_the_suffix_path_captured(family, monkeypatch):
+    """The base prompts' block inputs and prefix caches are kept with the patcher: its later sweeps
+    on the same base prompts capture nothing again (four forwards on the cache way), and give what
+    a fresh patcher gives."""
+    pairs = random_pairs(n=3, seq=8, lengths=[8, 6, 7])
+    model = bridge(family)
+    patcher = Patcher(model, pairs)
+    Sweeper(patcher, budget_bytes=200_000).sweep("resid", "denoise", per_position=True)
+    kept = patcher.sweep_inputs[("suffix", "corrupt")]
+    captured = []
+    original = type(patcher.backend).suffix_inputs
+
+    def counted(self, tokens):
+        captured.append(tokens.shape)
+        return original(self, tokens)
+
+    monkeypatch.setattr(type(patcher.backend), "suffix_inputs", counted)
+    again = Sweeper(patcher, budget_bytes=200_000).sweep("heads", "denoise")
+    assert captured == [] and patcher.sweep_inputs[("suffix", "corrupt")] is kept
+    Sweeper(patcher, budget_bytes=200_000).sweep("heads", "noise")  # another base run: the clean prompts'
+    assert len(captured) == 1
+    fresh = Sweeper(Patcher(model, pairs), budget_bytes=200_000).sweep("heads", "denoise")
+    torch.testing.assert_close(again.patched, fresh.patched, rtol=0, atol=0)

@@ -27,6 +27,8 @@ from .model_facts import proved
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
 
+_ABSENT = object()  # an attribute a temporary change added, deleted when it is undone
+
 HOOKS = {
     "embed": "blocks.0.hook_resid_pre",
     "head": "blocks.{layer}.attn.hook_z",
@@ -42,6 +44,12 @@ HOOKS = {
     "resid_post": "blocks.{layer}.hook_resid_post",
 }
 
+
+
+def _temporary_hooks(point) -> int:
+    """How many of a hook point's forward hooks are not permanent TransformerLens hooks."""
+    permanent = sum(1 for handle in getattr(point, "fwd_hooks", ()) if getattr(handle, "is_permanent", False))
+    return len(point._forward_hooks) + len(point._forward_pre_hooks) - permanent
 
 
 def is_transformer_lens_model(model) -> bool:
@@ -332,11 +340,14 @@ class TransformerLensBackend:
             for block in self.model.blocks:
                 attn = block.attn
                 hf_attn = attn.original_component
-                restore.append((attn.config, "n_key_value_heads", getattr(attn.config, "n_key_value_heads", None)))
+                # an attribute absent before is deleted after (the model's signature: model_facts.py)
+                restore.append((attn.config, "n_key_value_heads", getattr(attn.config, "n_key_value_heads", _ABSENT)))
                 attn.config.n_key_value_heads = n_heads
                 for name in ("num_key_value_groups", "num_key_value_heads"):
                     if hasattr(hf_attn, name):
                         restore.append((hf_attn, name, getattr(hf_attn, name)))
+                if not hasattr(hf_attn, "num_key_value_groups"):
+                    restore.append((hf_attn, "num_key_value_groups", _ABSENT))
                 setattr(hf_attn, "num_key_value_groups", 1)
                 if hasattr(hf_attn, "num_key_value_heads"):
                     hf_attn.num_key_value_heads = n_heads
@@ -352,7 +363,10 @@ class TransformerLensBackend:
             yield
         finally:
             for owner, name, value in reversed(restore):
-                setattr(owner, name, value)
+                if value is _ABSENT:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, value)
 
     @contextmanager
     def _ungrouped_kv(self):
@@ -413,10 +427,19 @@ class TransformerLensBackend:
         final stream, and ``unembed`` its logits. Two ways are tried: GPT-2-style blocks
         (``_suffix_block``, written out here), then any blocks handed a key/value cache
         (``prefix.py``: the model's own blocks on the suffix, the prefix's keys and values from a
-        stand-in cache). A model neither reproduces takes the resume or plain path."""
+        stand-in cache). A model neither reproduces takes the resume or plain path, and so does a
+        model with a hook left on it (``_hooks_left``)."""
         if self._suffix_checked is None:  # computed on one device: a split model takes another path
             self._suffix_checked, self._suffix_way = proved(self.model, "suffix", self._suffix_proved)
-        return self._suffix_checked
+        return self._suffix_checked and not self._hooks_left()
+
+    def _hooks_left(self) -> bool:
+        """Whether a hook is left on one of the model's hook points (``add_hook``: a steering hook,
+        say). It runs in the plain forward, and the shortcuts' probes see what it does on 5
+        positions only, so while one is there sweeps take the plain path. Permanent hooks
+        (``is_permanent=True``: a bridge wires its aliases so, OPT's MLP hooks) are part of the
+        model, and its probes judge them."""
+        return any(_temporary_hooks(point) for point in self.model.hook_dict.values())
 
     def _suffix_proved(self) -> Tuple[bool, Optional[Tuple[str, bool, bool]]]:
         reproduces = len(self.devices) == 1 and self._choose_suffix()
@@ -675,7 +698,7 @@ class TransformerLensBackend:
         ``unembed`` of that stream reproduces its logits. Any other model takes the plain path."""
         if self._resume_checked is None:
             self._resume_checked = proved(self.model, "resume", self._resume_proved)
-        return self._resume_checked
+        return self._resume_checked and not self._hooks_left()
 
     def _resume_proved(self) -> bool:
         try:  # computed on one device: a split model takes the plain path
