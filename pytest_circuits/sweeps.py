@@ -301,10 +301,7 @@ class Sweeper:
     def _inputs(self, base: str):
         """What the blocks receive in the base run besides the stream (None: not understood, so the
         chunk takes the plain path). Kept with the patcher's runs, for its later sweeps."""
-        kept = self.patcher.sweep_inputs
-        if ("blocks", base) not in kept:
-            kept[("blocks", base)] = self.backend.block_inputs(self._tokens(base))
-        return kept[("blocks", base)]
+        return self._kept(("blocks", base), lambda: self.backend.block_inputs(self._tokens(base)))
 
     def _suffix_inputs(self, base: str):
         """What the backend's suffix runs need besides the streams, for the base prompts (None: not
@@ -312,10 +309,12 @@ class Sweeper:
         and so the suffix way, is its own for good), for its later sweeps: four forwards (0.9-1.2 s
         on the GPT-2-small-sized Llama-style model at 8 x 16 tokens) and the prefix caches. A
         second head sweep on one patcher took 7.8-8.2 s there, a first 9.6-10.8 s."""
+        return self._kept(("suffix", base), lambda: self.backend.suffix_inputs(self._tokens(base)))
+
+    def _kept(self, key: tuple, capture):
         kept = self.patcher.sweep_inputs
-        key = ("suffix", base)
         if key not in kept:
-            kept[key] = self.backend.suffix_inputs(self._tokens(base))
+            kept[key] = capture()
         return kept[key]
 
     def _tokens(self, base: str) -> torch.Tensor:
