@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/gpu.sh                      # every step
 #   STEPS="grid tests" bash benchmarks/gpu.sh   # some of them (bench grid memory examples tests)
+#   STEPS=grid GRID_S=550 bash benchmarks/gpu.sh   # the whole grid, in a device call of its own
 #
 # On a machine without network access, wheels of the missing packages can sit in .whl/ (`pip
 # download --python-version ... --only-binary=:all: --no-deps`, with this package's own wheel, so
@@ -54,7 +55,10 @@ step() {  # name, seconds, command...
 # timings first, with the machine to themselves
 STEPS=${STEPS:-bench grid memory examples tests}
 case " $STEPS " in *" bench "*) step bench "${BENCH_S:-80}" $PY benchmarks/run.py --device cuda ;; esac
-case " $STEPS " in *" grid "*) TAIL=0 step grid "${GRID_S:-170}" $PY benchmarks/run.py --grid --device cuda --grid-models gpt2,llama,small --max-seconds "${GRID_MAX:-15}" ;; esac
+# TransformerLens's side of a cell estimated over GRID_MAX seconds is timed on a sample of its
+# configurations (--tl-sample); ours runs where 5 times its FLOP bound is within GRID_OURS seconds
+case " $STEPS " in *" grid "*) TAIL=0 step grid "${GRID_S:-170}" $PY benchmarks/run.py --grid --device cuda --grid-models "${GRID_MODELS:-gpt2,llama,small}" \
+    --tl-sample --max-seconds "${GRID_MAX:-4}" --max-ours-seconds "${GRID_OURS:-20}" ;; esac
 case " $STEPS " in *" memory "*) step memory "${MEMORY_S:-60}" $PY benchmarks/memory.py --device cuda --prompts 32 --tokens 256 --configs 24 ;; esac
 case " $STEPS " in *" examples "*) step examples "${EXAMPLES_S:-60}" $PY -m pytest examples -q -p no:cacheprovider --circuits-device cuda ;; esac
 # then the two test runs side by side (16 cores)

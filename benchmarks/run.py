@@ -5,6 +5,8 @@
     python benchmarks/run.py --device cuda
     python benchmarks/run.py --quick          # a small model, for a smoke run
     python benchmarks/run.py --grid           # sweeps over prompts x tokens x models, against the FLOP lower bound
+    python benchmarks/run.py --grid --tl-sample --max-seconds 60 --max-ours-seconds 300
+                                              # cells whose TransformerLens side is too long: timed on a sample
 
 Each line prints our time, TransformerLens's time on the same model and prompts, their ratio, and
 the largest difference between the two results. Nothing here is a test: timings vary by machine.
@@ -233,6 +235,10 @@ def bench_model(label: str, model, pairs: PromptPairs, device: str, budget: int,
     print(f"{'20-claim session':<34} one cache {t_session:8.2f}s  recomputed per claim {t_fresh:8.2f}s  speed-up {t_fresh / t_session:6.1f}x", flush=True)
 
 
+# Our time as a multiple of the FLOP bound, as --tl-sample estimates it to decide whether our side of a
+# cell fits --max-ours-seconds (1.3-4.3 on the large models on CPU, up to 8.5 on the small one: RESULTS.md)
+OURS_OVER_BOUND = 5
+
 GRID_SWEEPS = (  # name, over, per position, TransformerLens's function (None: it has none), its forwards per layer
     ("heads", "heads", False, "get_act_patch_attn_head_out_all_pos", lambda cfg, seq: cfg.n_heads),
     ("heads/pos", "heads", True, "get_act_patch_attn_head_out_by_pos", lambda cfg, seq: cfg.n_heads * seq),
@@ -242,12 +248,58 @@ GRID_SWEEPS = (  # name, over, per position, TransformerLens's function (None: i
 )
 
 
+def sampled_rows(axes: tuple, sizes: tuple, k: int, seed: int = 0):
+    """``k`` index rows of TransformerLens's patching loop over ``axes`` (layer first), as many from
+    every layer as ``k`` allows, drawn at random within each layer: the rows its ``index_df`` takes."""
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(seed)
+    n_layers, per_layer = sizes[0], 1
+    for size in sizes[1:]:
+        per_layer *= size
+    take = max(1, k // n_layers)
+    rows = []
+    for layer in range(n_layers):
+        for flat in torch.randperm(per_layer, generator=g)[:take].tolist():
+            index = [layer]
+            for size in reversed(sizes[1:]):
+                index.insert(1, flat % size)
+                flat //= size
+            rows.append(index)
+    return pd.DataFrame(rows, columns=list(axes))
+
+
+def tl_sampled(model, tl_name: str, enc, result, k: int, device: str) -> tuple:
+    """TransformerLens's sweep run on ``k`` of its configurations (``sampled_rows``), for cells whose
+    full run would take too long: (its estimated full time, how many rows it ran, of how many, the
+    largest difference from ours on those rows). TransformerLens runs one whole forward per
+    configuration, whatever it patches, so its full time is its clean-cache run plus the rows'
+    time scaled by how many rows there are."""
+    from transformer_lens import patching as tl
+
+    function = getattr(tl, tl_name)
+    axes = function.keywords["index_axis_names"]
+    sizes = tuple(result.patched.shape)
+    total = 1
+    for size in sizes:
+        total *= size
+    rows = sampled_rows(axes, sizes, k)
+    cache, t_cache = timed(lambda: model.run_with_cache(enc.clean)[1], device)
+    function(model, enc.corrupt, cache, tl_metric(enc), index_axis_names=None, index_df=rows[:2])  # warm-up, not timed
+    values, t_rows = timed(lambda: function(model, enc.corrupt, cache, tl_metric(enc), index_axis_names=None, index_df=rows), device)
+    ours = result.patched[tuple(torch.tensor(rows[axis].to_numpy()) for axis in axes)]
+    diff = float((ours - values.to(ours.dtype).cpu()).abs().max())
+    return t_cache + t_rows * total / len(rows), len(rows), total, diff
+
+
 def grid(args) -> None:
     """Every sweep at every size of the grid: our time and peak memory above the model's (CUDA
     allocator stats, or sampled RSS on CPU), TransformerLens's time (where it has the sweep and
     finishes within --max-seconds by its own forward count), and the FLOP lower bound (flops.py) in
     seconds at this machine's measured matrix-multiply rate. A cell estimated to take longer than
-    --max-seconds is printed with its bound and not run."""
+    --max-seconds is printed with its bound and not run. With --tl-sample, TransformerLens's side
+    of such a cell is timed on a sample of its configurations instead (``tl_sampled``; its time is
+    printed with ~), and our side runs where its bound fits --max-ours-seconds."""
     from transformer_lens import patching as tl
 
     from flops import Shape, matmul_rate, sweep_flops
@@ -271,11 +323,17 @@ def grid(args) -> None:
                 with torch.no_grad():
                     t_forward = min(timed(lambda: model(enc.corrupt), args.device)[1] for _ in range(3))
                 for name, over, per_position, tl_name, forwards in GRID_SWEEPS:
+                    if args.grid_sweeps and name not in args.grid_sweeps:
+                        continue
                     flop = sweep_flops(shape, over, per_position, seq, first, n)
                     bound = flop / rate
                     row = f"{key:<6} {f'{n}x{seq}':>7} {name:<10} {flop / 1e9:11.1f} {bound:8.2f}"
                     tl_estimate = model.cfg.n_layers * forwards(model.cfg, seq) * t_forward
-                    if min(tl_estimate, bound * 20) > args.max_seconds:
+                    if args.tl_sample:  # ours runs if its bound allows; TransformerLens's long cells are sampled
+                        skip = bound * OURS_OVER_BOUND > args.max_ours_seconds
+                    else:
+                        skip = min(tl_estimate, bound * 20) > args.max_seconds
+                    if skip:
                         print(f"{row} {'not run':>8}  (estimated: TransformerLens {tl_estimate:.0f} s)", flush=True)
                         continue
 
@@ -286,6 +344,15 @@ def grid(args) -> None:
                     with peak_memory(args.device, memory):
                         result, t_ours = timed(ours, args.device)
                     row += f" {t_ours:8.2f} {t_ours / bound:10.1f} {memory['peak'] / 2**20:9.0f}"
+                    if tl_name is not None and tl_estimate > args.max_seconds and args.tl_sample:
+                        rows = max(model.cfg.n_layers, int(args.max_seconds / t_forward))
+                        t_tl, ran, total, diff = tl_sampled(model, tl_name, enc, result, rows, args.device)
+                        print(f"{row} {f'~{t_tl:.1f}':>8} {t_tl / t_ours:7.1f}  {diff:.1e}  (TransformerLens sampled: {ran} of {total} forwards)", flush=True)
+                        if args.tl_sample_check:
+                            expected, t_full = timed(lambda: getattr(tl, tl_name)(model, enc.corrupt, model.run_with_cache(enc.clean)[1], tl_metric(enc)), args.device)
+                            print(f"{'':>36} check: TransformerLens's full run {t_full:.2f} s against {t_tl:.2f} s estimated "
+                                  f"({t_tl / t_full:.2f}); max |diff| {float((result.patched - expected.to(result.patched.dtype).cpu()).abs().max()):.1e}", flush=True)
+                        continue
                     if tl_name is None or tl_estimate > args.max_seconds:
                         print(f"{row} {'-':>8} {'-':>7}  (TransformerLens: {'no such function' if tl_name is None else f'estimated {tl_estimate:.0f} s'})", flush=True)
                         continue
@@ -316,8 +383,20 @@ def main() -> None:
     parser.add_argument("--grid-models", default="small,gpt2,llama", help="comma-separated: small, gpt2, llama")
     parser.add_argument("--grid-prompts", type=lambda text: [int(x) for x in text.split(",")], default=[8, 32])
     parser.add_argument("--grid-tokens", type=lambda text: [int(x) for x in text.split(",")], default=[16, 64, 256])
+    parser.add_argument("--grid-sweeps", type=lambda text: text.split(","), default=None,
+                        help=f"comma-separated, of: {', '.join(row[0] for row in GRID_SWEEPS)} (default: all)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="grid cells estimated to take longer are not run")
+    parser.add_argument("--tl-sample", action="store_true",
+                        help="time TransformerLens on a sample of its configurations where its full run is estimated over "
+                             "--max-seconds (about --max-seconds of them), scaled to all; ours runs where its bound allows")
+    parser.add_argument("--max-ours-seconds", type=float, default=600.0,
+                        help="with --tl-sample: our sweep runs where OURS_OVER_BOUND times its FLOP bound is within this")
+    parser.add_argument("--tl-sample-check", action="store_true",
+                        help="with --tl-sample: also run TransformerLens fully on the sampled cells, to check the estimate")
     args = parser.parse_args()
+    unknown = set(args.grid_sweeps or ()) - {row[0] for row in GRID_SWEEPS}
+    if unknown:
+        parser.error(f"--grid-sweeps: no sweep named {', '.join(sorted(unknown))}; the sweeps are {', '.join(row[0] for row in GRID_SWEEPS)}")
     torch.set_grad_enabled(True)
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)

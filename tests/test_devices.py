@@ -2,9 +2,12 @@
 each patch is computed where the engine keeps its tensors and put back on its site's device, and
 results come back to the first device.
 
-On a machine with one device (CPU here) only the bookkeeping runs: a dispatched model whose map
-names one device, and the refusals a split model gets. The split itself runs in the CUDA test,
-which needs two GPUs and is skipped without them.
+On a machine with one device (CPU here) the bookkeeping runs: a dispatched model whose map names
+one device, and the refusals a split model gets. So does the other way a model larger than its
+device is run: accelerate's offload, which keeps some layers' weights elsewhere (the CPU beside a
+GPU, or the disk) and loads them for each forward; on the CPU, layers offloaded to disk run for
+real, through every backend. The split itself runs in the CUDA test, which needs two GPUs and is
+skipped without them.
 """
 
 import pytest
@@ -12,6 +15,7 @@ import torch
 from random_models import random_pairs
 
 from pytest_circuits import PromptPairs, Patcher
+from pytest_circuits.backends import backend_from_hf
 from pytest_circuits.backends.base import BackendError
 from pytest_circuits.backends.transformer_lens import TransformerLensBackend
 from pytest_circuits.loading import bridge_from_hf
@@ -66,11 +70,67 @@ def test_a_model_dispatched_with_a_device_map_measures_as_the_plain_model():
     assert_same(measurements(model, pairs), expected, atol=1e-5)
 
 
-def split_backend():
+BACKEND_ROWS = ("transformer_lens", "hf", "nnsight")
+
+
+def backend_over(hf_model, backend: str):
+    """``hf_model`` as each backend patches it: wrapped in a bridge, or hooked directly."""
+    if backend == "transformer_lens":
+        return TransformerLensBackend(bridge_from_hf(hf_model))
+    if backend == "nnsight":
+        pytest.importorskip("nnsight")
+    return backend_from_hf(hf_model, None, "offloaded", backend)
+
+
+@pytest.mark.parametrize("backend", BACKEND_ROWS)
+def test_a_model_offloaded_to_disk_measures_as_the_plain_model(backend, tmp_path):
+    """Layers 1-2 and the unembedding offloaded to disk (meta tensors between forwards, loaded by
+    accelerate's hooks for each one): every number equals the plain model's. The backend sees the
+    offload, so sweeps take the plain path and edges are refused, saying why."""
+    accelerate = pytest.importorskip("accelerate")
+    pairs = random_pairs()
+    expected = measurements(backend_over(hf_gpt2(), backend), pairs)
+    offloaded = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "disk"), offload_dir=str(tmp_path))
+    assert any(p.device.type == "meta" for p in offloaded.parameters())
+    model = backend_over(offloaded, backend)
+    assert model.offloaded and model.devices == (torch.device("cpu"),)
+    if backend == "transformer_lens":
+        assert not model.resumes_suffix and not model.resumes_layers
+    assert_same(measurements(model, pairs), expected, atol=1e-5)
+    with pytest.raises(BackendError, match="accelerate offloads some of its weights"):
+        model.check_edges()
+
+
+def test_an_offloaded_model_is_not_copied_into_a_hooked_transformer(tmp_path):
+    """TransformerLens 2.x/3.x: a ``HookedTransformer`` copies every weight, and offloaded ones are
+    meta tensors between forwards: refused, saying what works instead."""
+    accelerate = pytest.importorskip("accelerate")
+    from hooked_models import hooked_transformer_missing
+
+    if hooked_transformer_missing():
+        pytest.skip(hooked_transformer_missing())
+    from pytest_circuits.backends import hooked_transformer_from_hf
+
+    offloaded = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "disk"), offload_dir=str(tmp_path))
+    with pytest.raises(BackendError, match="accelerate offloads some of its weights.*TransformerBridge runs the offloaded model"):
+        hooked_transformer_from_hf(offloaded)
+
+
+def test_weights_on_the_meta_device_that_nothing_loads_are_refused():
+    """A model made without its weights cannot compute: refused at once, naming the module."""
+    from pytest_circuits.backends.devices import placement
+
+    with torch.device("meta"):
+        empty = hf_gpt2()
+    with pytest.raises(BackendError, match=r"meta device \(not loaded\), the first in its Embedding"):
+        placement(empty, "empty")
+
+
+def split_backend(backend: str = "transformer_lens"):
     """A backend told its model spans two devices (what it reads from a split model's weights)."""
-    backend = TransformerLensBackend(bridge_from_hf(hf_gpt2()))
-    backend.devices = (torch.device("cpu"), torch.device("cuda", 1))
-    return backend
+    split = backend_over(hf_gpt2(), backend)
+    split.devices = (torch.device("cpu"), torch.device("cuda", 1))
+    return split
 
 
 def test_a_split_model_takes_the_plain_path_for_sweeps():
@@ -81,9 +141,10 @@ def test_a_split_model_takes_the_plain_path_for_sweeps():
     assert not split.resumes_suffix and not split.resumes_layers
 
 
-def test_a_split_model_refuses_edges_saying_what_works():
+@pytest.mark.parametrize("backend", ("transformer_lens", "hf"))
+def test_a_split_model_refuses_edges_saying_what_works(backend):
     with pytest.raises(BackendError) as refused:
-        split_backend().check_edges()
+        split_backend(backend).check_edges()
     message = str(refused.value)
     assert "GPT2LMHeadModel" in message or "gpt2" in message.lower()
     assert "several devices (cpu, cuda:1)" in message and "path patched" in message
@@ -91,13 +152,15 @@ def test_a_split_model_refuses_edges_saying_what_works():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices to split a model over")
-def test_a_model_split_over_two_gpus_measures_as_on_one():
+@pytest.mark.parametrize("backend", BACKEND_ROWS)
+def test_a_model_split_over_two_gpus_measures_as_on_one(backend):
     accelerate = pytest.importorskip("accelerate")
     pairs = random_pairs()
-    expected = measurements(bridge_from_hf(hf_gpt2().to("cuda:0")), pairs)
-    split = bridge_from_hf(accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cuda:0", "cuda:1")))
-    backend = TransformerLensBackend(split)
-    assert backend.device == torch.device("cuda", 0) and set(backend.devices) == {torch.device("cuda", 0), torch.device("cuda", 1)}
+    expected = measurements(backend_over(hf_gpt2().to("cuda:0"), backend), pairs)
+    split = backend_over(accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cuda:0", "cuda:1")), backend)
+    assert split.device == torch.device("cuda", 0) and set(split.devices) == {torch.device("cuda", 0), torch.device("cuda", 1)}
+    with pytest.raises(BackendError, match="several devices"):
+        split.check_edges()
     got = measurements(split, pairs)
     assert all(torch.as_tensor(value).device.index in (None, 0) for value in got.values())
     assert_same(got, expected, atol=1e-4)

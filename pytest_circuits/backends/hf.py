@@ -18,6 +18,7 @@ import torch
 
 from ..nodes import ModelShape
 from .base import BackendError, Patch, Site, _close
+from .devices import Placement, patched_on, placement
 from .hf_layout import Layout, Point, attention_write_point, find_layout
 from .hf_receivers import RECEIVER_INPUTS, Op, ReceiverInputs
 
@@ -37,7 +38,8 @@ class MappedBackend(ReceiverInputs):
         self.tokenizer = tokenizer
         self.layout = layout or find_layout(hf_model, self.name)
         self.architecture = self.layout.architecture
-        self.device = self._device()
+        self.devices, self.offloaded = self._placement()
+        self.device = self.devices[0]  # engine tensors live here; each patch is made here and put on its site's device
         self.shape = ModelShape(
             n_layers=self.layout.n_layers,
             n_heads=self.layout.n_heads,
@@ -56,11 +58,9 @@ class MappedBackend(ReceiverInputs):
         """What results and reports name as the backend: the library, its version, how it patches."""
         return f"transformers {_version('transformers')} hooks"
 
-    def _device(self) -> torch.device:
-        devices = {p.device for p in self.hf.parameters()}
-        if len(devices) > 1:
-            raise BackendError(f"model {self.name!r} has weights on several devices ({', '.join(sorted(map(str, devices)))}); move it to one")
-        return devices.pop() if devices else torch.device("cpu")
+    def _placement(self) -> Placement:
+        """Every device the model computes on and whether accelerate offloads weights (``devices``)."""
+        return placement(self.hf, self.name)
 
     def _forward_order(self) -> List[Point]:
         """Points in the order a decoder forward reaches them: per layer its input, its attention
@@ -163,7 +163,7 @@ class MappedBackend(ReceiverInputs):
         handlers = [(point, self._handler(ops[point], tuple(tokens.shape))) for point in points]
         with self._per_query_head_kv(grouped), torch.enable_grad() if grad else torch.no_grad():
             logits = self._forward(tokens.to(self.device), handlers, grad)
-        return logits, captured
+        return logits.to(self.device), captured
 
     def _rank(self, site: Site):
         point = self.point(site)
@@ -171,13 +171,15 @@ class MappedBackend(ReceiverInputs):
         return (order.index(point) if point in order else len(order), 0 if site.kind == "embed" else 1, site.kind)
 
     def _site_op(self, site: Site, patches, capture, captured) -> Op:
+        home = self.device
+
         def op(value: torch.Tensor) -> torch.Tensor:
             view = self.layout.to_heads(value) if site.kind == "head" else value
             if site in patches:
-                view = patches[site](view)
+                view = patched_on(home, patches[site], view)
                 value = view.reshape(value.shape) if site.kind == "head" else view
             if site in capture:
-                captured[site] = view.detach().clone()
+                captured[site] = view.detach().to(home, copy=True)
             return value
 
         return op

@@ -28,7 +28,8 @@ Op = Callable[[torch.Tensor], torch.Tensor]  # one site's work on the value at i
 
 class ReceiverInputs:
     """The path-patching half of ``MappedBackend``: it uses the backend's ``layout``, ``hf``,
-    ``_run`` and ``_apply`` (a module applied outside its place in the forward)."""
+    ``devices``, ``offloaded``, ``_run`` and ``_apply`` (a module applied outside its place in the
+    forward)."""
 
     _edge_problem: Optional[str] = None
     _neuron_problem: Optional[str] = None
@@ -147,6 +148,11 @@ class ReceiverInputs:
             refuse_neuron_receivers(self.architecture, self.name, self._neuron_problem, by=f" by the {self.kind} backend")
 
     def _find_edge_problem(self) -> Optional[str]:
+        if len(self.devices) > 1:
+            listed = ", ".join(str(device) for device in self.devices)
+            return f"its weights sit on several devices ({listed}), and receivers' inputs are computed outside the forward, on one"
+        if self.offloaded:
+            return "accelerate offloads some of its weights (loaded for each forward), and receivers' inputs are computed outside the forward"
         if self.layout.receivers is None:
             return self.layout.receiver_problem
         n_heads = self.layout.n_heads

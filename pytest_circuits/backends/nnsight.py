@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .base import BackendError
+from .devices import Placement
 from .hf import Handler, MappedBackend, _version
 from .hf_layout import Point
 
@@ -79,12 +80,12 @@ class NNsightBackend(MappedBackend):
         super().__init__(hf_model, tokenizer=tokenizer if tokenizer is not None else getattr(model, "tokenizer", None), name=name)
         self.requests = 0  # traces sent (remote requests when remote), for tests and cost reports
 
-    def _device(self) -> torch.device:
+    def _placement(self) -> Placement:
         """Where prompts go: a remote model's weights stay on NDIF (here they are meta tensors), so
         its inputs are sent from the CPU."""
         if self.remote:
-            return torch.device("cpu")
-        return super()._device()
+            return Placement((torch.device("cpu"),), False)
+        return super()._placement()
 
     def _label(self) -> str:
         return f"nnsight {_version('nnsight')} {'remote (NDIF)' if self.remote else 'trace'}"

@@ -23,6 +23,7 @@ import torch
 
 from ..circuit import ModelShape
 from .base import BackendError, Patch, Site, _close, refuse_neuron_receivers
+from .devices import patched_on, placement
 from .model_facts import proved
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
@@ -115,25 +116,6 @@ def _activation(block):
     raise BackendError("no activation function found on the MLP")
 
 
-def _devices(model, name: str) -> Tuple[torch.device, Tuple[torch.device, ...]]:
-    """Where prompts go in (the device of the first weight, the embedding's) and every device that
-    holds weights. A model split over several (accelerate's ``device_map``, TransformerLens's
-    ``n_devices``) moves its own stream between layers; ``run`` puts each patch on its site's
-    device. Weights on the meta device (not loaded, or offloaded to disk) are refused."""
-    devices: Dict[torch.device, None] = {}
-    for parameter in model.parameters():
-        devices.setdefault(parameter.device, None)
-    if not devices:
-        return torch.device("cpu"), (torch.device("cpu"),)
-    if any(device.type == "meta" for device in devices):
-        raise BackendError(
-            f"model {name!r} has its weights on the meta device (not loaded); load real weights before patching, "
-            "on one device or split over several (a model offloaded to disk by accelerate keeps some there)"
-        )
-    every = tuple(devices)
-    return every[0], every
-
-
 def _align_config_dtype(model) -> None:
     """A ``HookedTransformer`` casts attention patterns (and, for half precision, norms) to
     ``cfg.dtype``, which ``model.to(dtype)`` updates but ``model.double()``/``.half()`` do not: a
@@ -159,7 +141,10 @@ class TransformerLensBackend:
         self.architecture = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None) or type(model).__name__
         self.tokenizer = getattr(model, "tokenizer", None)
         self.name = getattr(cfg, "model_name", None) or type(model).__name__
-        self.device, self.devices = _devices(model, self.name)  # engine tensors live on self.device
+        # every device the model computes on (a split model moves its own stream between them), and
+        # whether accelerate loads offloaded weights for each forward: both mean the plain path only
+        self.devices, self.offloaded = placement(model, self.name)
+        self.device = self.devices[0]  # engine tensors live here; ``run`` puts each patch on its site's device
         self.label = backend_label(model)
         self._activations: Dict[int, object] = {}  # id of an MLP's activation -> what the suffix path runs
         _align_config_dtype(model)
@@ -252,6 +237,8 @@ class TransformerLensBackend:
         if len(self.devices) > 1:
             listed = ", ".join(str(device) for device in self.devices)
             return f"its weights sit on several devices ({listed}), and senders' writes are computed outside the forward, on one"
+        if self.offloaded:
+            return "accelerate offloads some of its weights (loaded for each forward), and receivers' inputs are computed outside the forward"
         if not hasattr(self.model, "set_use_split_qkv_input"):
             return "it has no set_use_split_qkv_input switch"
         try:
@@ -433,6 +420,11 @@ class TransformerLensBackend:
             self._suffix_checked, self._suffix_way = proved(self.model, "suffix", self._suffix_proved)
         return self._suffix_checked and not self._hooks_left()
 
+    def _on_one_device(self) -> bool:
+        """Every weight on one device, all the time: the shortcuts (resuming at a layer, GPT-2's
+        written-out blocks) compute there and read weights outside accelerate's hooks."""
+        return len(self.devices) == 1 and not self.offloaded
+
     def _hooks_left(self) -> bool:
         """Whether a hook is left on one of the model's hook points (``add_hook``: a steering hook,
         say). It runs in the plain forward, and the shortcuts' probes see what it does on 5
@@ -442,7 +434,7 @@ class TransformerLensBackend:
         return any(_temporary_hooks(point) for point in self.model.hook_dict.values())
 
     def _suffix_proved(self) -> Tuple[bool, Optional[Tuple[str, bool, bool]]]:
-        reproduces = len(self.devices) == 1 and self._choose_suffix()
+        reproduces = self._on_one_device() and self._choose_suffix()
         return reproduces, self._suffix_way
 
     def _choose_suffix(self) -> bool:
@@ -701,8 +693,8 @@ class TransformerLensBackend:
         return self._resume_checked and not self._hooks_left()
 
     def _resume_proved(self) -> bool:
-        try:  # computed on one device: a split model takes the plain path
-            return len(self.devices) == 1 and self._resuming_reproduces_forward()
+        try:  # computed on one device from weights in place: a split or offloaded model takes the plain path
+            return self._on_one_device() and self._resuming_reproduces_forward()
         except Exception:  # noqa: BLE001 - a model the shortcut does not understand takes the plain path
             return False
 
@@ -795,7 +787,7 @@ class TransformerLensBackend:
         hooks = []
         home = self.device
         for site, patch in (patches or {}).items():
-            hooks.append((self.hook_name(site), lambda act, hook, patch=patch: _patched_on(home, patch, act)))
+            hooks.append((self.hook_name(site), lambda act, hook, patch=patch: patched_on(home, patch, act)))
         for site in capture:  # registered after the patches, so they see the value carried on
             hooks.append((self.hook_name(site), lambda act, hook, site=site: captured.__setitem__(site, act.detach().to(home, copy=True))))
         with torch.enable_grad() if grad else torch.no_grad():
@@ -808,14 +800,6 @@ def _zero_head(z: torch.Tensor, head: int = 0) -> torch.Tensor:
     z = z.clone()
     z[:, :, head] = 0
     return z
-
-
-def _patched_on(home: torch.device, patch, act: torch.Tensor) -> torch.Tensor:
-    """``patch(act)`` where the engine keeps its masks and cached values (``home``), the result put
-    back on the site's own device: a layer of a split model may sit elsewhere. One device: as is."""
-    if act.device == home:
-        return patch(act)
-    return patch(act.to(home)).to(act.device)
 
 
 # -- TransformerLens 2.x/3.x: a HookedTransformer from a loaded Hugging Face model ---------------
@@ -912,6 +896,13 @@ def hooked_transformer_from_hf(hf_model, tokenizer=None, model_name: str = "loca
             f"pytest-circuits cannot build a TransformerLens HookedTransformer from a {architecture}: it converts "
             f"{', '.join(HOOKED_CONVERSIONS)}. Load the model with transformer_lens.HookedTransformer.from_pretrained(...) "
             "(in a package.module:factory model spec), or use TransformerLens 4.x, whose TransformerBridge wraps it."
+        )
+    if placement(hf_model, model_name).offloaded:
+        raise BackendError(
+            f"pytest-circuits cannot build a TransformerLens HookedTransformer from {model_name!r}: accelerate offloads "
+            "some of its weights (meta tensors between forwards), and a HookedTransformer holds its own copy of every "
+            "weight. Load the model without offloading, or use TransformerLens 4.x, whose TransformerBridge runs the "
+            "offloaded model itself."
         )
     dtype = next(hf_model.parameters()).dtype
     device = next(hf_model.parameters()).device
