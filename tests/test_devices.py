@@ -12,6 +12,7 @@ skipped without them.
 
 import pytest
 import torch
+from families import FAMILIES, build_hf
 from random_models import random_pairs
 
 from pytest_circuits import PromptPairs, Patcher
@@ -32,21 +33,29 @@ def hf_gpt2(seed: int = 0):
     return GPT2LMHeadModel(_gpt2.gpt2_config(**SIZES)).eval()
 
 
-def device_map(first: str, second: str) -> dict:
-    """Embeddings and layer 0 on ``first``; layers 1-2, the final norm and the unembedding on ``second``."""
-    return {
-        "transformer.wte": first, "transformer.wpe": first, "transformer.h.0": first,
-        "transformer.h.1": second, "transformer.h.2": second, "transformer.ln_f": second, "lm_head": second,
-    }
+def layer_map(hf_model, first: str, second: str) -> dict:
+    """A device map for a model of any family: the last layer on ``second``; the other layers and
+    everything outside the layers (embeddings, final norm, an unembedding that may be tied to the
+    embedding) on ``first``."""
+    n_layers = hf_model.config.num_hidden_layers
+    layers = next(name for name, m in hf_model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers)
+    mapped = {f"{layers}.{layer}": first for layer in range(n_layers - 1)}
+    mapped[f"{layers}.{n_layers - 1}"] = second
+    for name, _ in hf_model.named_parameters():
+        if not name.startswith(layers + "."):
+            mapped[name.rsplit(".", 1)[0]] = first
+    if hasattr(hf_model, "lm_head"):  # tied to the embedding, it is not among the named parameters
+        mapped["lm_head"] = first
+    return mapped
 
 
 def measurements(model, pairs: PromptPairs) -> dict:
     patcher = Patcher(model, pairs)
     sweeper = Sweeper(patcher)
     return {
-        "denoise": patcher.denoise("L0H1 L2H3 MLP1").score,
+        "denoise": patcher.denoise("L0H1 L1H3 MLP1").score,
         "noise": patcher.noise("L1H0 L1N5").score,
-        "circuit_only": patcher.circuit_only("L0H1 L1H2 MLP2").score,
+        "circuit_only": patcher.circuit_only("L0H1 L1H2 MLP1").score,
         "heads": sweeper.sweep("heads", "denoise").scores,
         "resid": sweeper.sweep("resid", "noise").scores,
     }
@@ -63,7 +72,8 @@ def test_a_model_dispatched_with_a_device_map_measures_as_the_plain_model():
     accelerate = pytest.importorskip("accelerate")
     pairs = random_pairs()
     expected = measurements(bridge_from_hf(hf_gpt2()), pairs)
-    dispatched = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "cpu"))
+    hf_model = hf_gpt2()
+    dispatched = accelerate.dispatch_model(hf_model, device_map=layer_map(hf_model, "cpu", "cpu"))
     assert dispatched.hf_device_map["lm_head"] == "cpu"
     model = bridge_from_hf(dispatched)
     assert TransformerLensBackend(model).devices == (torch.device("cpu"),)
@@ -83,15 +93,25 @@ def backend_over(hf_model, backend: str):
 
 
 @pytest.mark.parametrize("backend", BACKEND_ROWS)
-def test_a_model_offloaded_to_disk_measures_as_the_plain_model(backend, tmp_path):
-    """Layers 1-2 and the unembedding offloaded to disk (meta tensors between forwards, loaded by
-    accelerate's hooks for each one): every number equals the plain model's. The backend sees the
-    offload, so sweeps take the plain path and edges are refused, saying why."""
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_offloaded_to_disk_measures_as_the_plain_model(family, backend, tmp_path):
+    """The last layer offloaded to disk (meta tensors between forwards, loaded by accelerate's hooks
+    for each one), on every family: every number equals the plain model's. The backend sees the
+    offload, so sweeps take the plain path and edges are refused, saying why. A family a backend
+    refuses (BLOOM on Hugging Face hooks) is refused offloaded too, with the same words."""
     accelerate = pytest.importorskip("accelerate")
     pairs = random_pairs()
-    expected = measurements(backend_over(hf_gpt2(), backend), pairs)
-    offloaded = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "disk"), offload_dir=str(tmp_path))
+    hf_model = build_hf(family)
+    offloaded = accelerate.dispatch_model(hf_model, device_map=layer_map(hf_model, "cpu", "disk"), offload_dir=str(tmp_path))
     assert any(p.device.type == "meta" for p in offloaded.parameters())
+    try:
+        plain = backend_over(build_hf(family), backend)
+    except BackendError as refused:
+        with pytest.raises(BackendError) as also:
+            backend_over(offloaded, backend)
+        assert str(also.value) == str(refused)
+        return
+    expected = measurements(plain, pairs)
     model = backend_over(offloaded, backend)
     assert model.offloaded and model.devices == (torch.device("cpu"),)
     if backend == "transformer_lens":
@@ -111,7 +131,8 @@ def test_an_offloaded_model_is_not_copied_into_a_hooked_transformer(tmp_path):
         pytest.skip(hooked_transformer_missing())
     from pytest_circuits.backends import hooked_transformer_from_hf
 
-    offloaded = accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cpu", "disk"), offload_dir=str(tmp_path))
+    hf_model = hf_gpt2()
+    offloaded = accelerate.dispatch_model(hf_model, device_map=layer_map(hf_model, "cpu", "disk"), offload_dir=str(tmp_path))
     with pytest.raises(BackendError, match="accelerate offloads some of its weights.*TransformerBridge runs the offloaded model"):
         hooked_transformer_from_hf(offloaded)
 
@@ -153,11 +174,16 @@ def test_a_split_model_refuses_edges_saying_what_works(backend):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices to split a model over")
 @pytest.mark.parametrize("backend", BACKEND_ROWS)
-def test_a_model_split_over_two_gpus_measures_as_on_one(backend):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_split_over_two_gpus_measures_as_on_one(family, backend):
     accelerate = pytest.importorskip("accelerate")
     pairs = random_pairs()
-    expected = measurements(backend_over(hf_gpt2().to("cuda:0"), backend), pairs)
-    split = backend_over(accelerate.dispatch_model(hf_gpt2(), device_map=device_map("cuda:0", "cuda:1")), backend)
+    try:
+        expected = measurements(backend_over(build_hf(family).to("cuda:0"), backend), pairs)
+    except BackendError:
+        pytest.skip(f"the {backend} backend refuses {family} on one device already")
+    hf_model = build_hf(family)
+    split = backend_over(accelerate.dispatch_model(hf_model, device_map=layer_map(hf_model, "cuda:0", "cuda:1")), backend)
     assert split.device == torch.device("cuda", 0) and set(split.devices) == {torch.device("cuda", 0), torch.device("cuda", 1)}
     with pytest.raises(BackendError, match="several devices"):
         split.check_edges()

@@ -7,7 +7,7 @@ place."""
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -48,6 +48,18 @@ def placement(model: torch.nn.Module, name: str) -> Placement:
     if not devices:
         return Placement((torch.device("cpu"),), False)
     return Placement(tuple(devices), offloaded)
+
+
+def edge_problem(devices: Tuple[torch.device, ...], offloaded: bool) -> Optional[str]:
+    """Why a split or offloaded model cannot be path patched (None: placement is no obstacle):
+    senders' writes and receivers' inputs are computed outside the forward, on one device, from
+    weights in place."""
+    if len(devices) > 1:
+        listed = ", ".join(str(device) for device in devices)
+        return f"its weights sit on several devices ({listed}), and senders' writes and receivers' inputs are computed outside the forward, on one"
+    if offloaded:
+        return "accelerate offloads some of its weights (loaded for each forward), and senders' writes and receivers' inputs are computed outside the forward"
+    return None
 
 
 def _offload_hook(module: torch.nn.Module):

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .base import BackendError, Site, _close, refuse_neuron_receivers
+from .devices import edge_problem
 from .hf_layout import Point, head_projection, out_weight
 
 RECEIVER_INPUTS = ("q_input", "k_input", "v_input", "mlp_in")
@@ -148,11 +149,9 @@ class ReceiverInputs:
             refuse_neuron_receivers(self.architecture, self.name, self._neuron_problem, by=f" by the {self.kind} backend")
 
     def _find_edge_problem(self) -> Optional[str]:
-        if len(self.devices) > 1:
-            listed = ", ".join(str(device) for device in self.devices)
-            return f"its weights sit on several devices ({listed}), and receivers' inputs are computed outside the forward, on one"
-        if self.offloaded:
-            return "accelerate offloads some of its weights (loaded for each forward), and receivers' inputs are computed outside the forward"
+        placed = edge_problem(self.devices, self.offloaded)
+        if placed:
+            return placed
         if self.layout.receivers is None:
             return self.layout.receiver_problem
         n_heads = self.layout.n_heads

@@ -23,7 +23,7 @@ import torch
 
 from ..circuit import ModelShape
 from .base import BackendError, Patch, Site, _close, refuse_neuron_receivers
-from .devices import patched_on, placement
+from .devices import edge_problem, patched_on, placement
 from .model_facts import proved
 from .prefix import PrefixCache, PrefixInputs, cache_under_every_name, capture_prefix_inputs
 from .resume import BlockInputs, capture_block_inputs
@@ -234,11 +234,9 @@ class TransformerLensBackend:
         )
 
     def _find_edge_problem(self) -> Optional[str]:
-        if len(self.devices) > 1:
-            listed = ", ".join(str(device) for device in self.devices)
-            return f"its weights sit on several devices ({listed}), and senders' writes are computed outside the forward, on one"
-        if self.offloaded:
-            return "accelerate offloads some of its weights (loaded for each forward), and receivers' inputs are computed outside the forward"
+        placed = edge_problem(self.devices, self.offloaded)
+        if placed:
+            return placed
         if not hasattr(self.model, "set_use_split_qkv_input"):
             return "it has no set_use_split_qkv_input switch"
         try:
